@@ -1,0 +1,495 @@
+"""Reads an AIB image template (parsed JSON) into the model, reporting every problem at once."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from orchestrator.core import model as m
+from orchestrator.core.problems import Problem, child
+from orchestrator.core.reader import ObjectReader
+from orchestrator.core.vmsizes import VM_SIZES
+from orchestrator.errors import TemplateInvalid
+
+API_2019 = "2019-05-01-preview"
+API_2020 = "2020-02-14"
+KNOWN_API_VERSIONS = (API_2019, API_2020, "2021-10-01", "2022-02-14", "2022-07-01",
+                      "2023-07-01", "2024-02-01", "2024-07-01", "2025-10-01")
+_API_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+RUN_OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
+_PLACEHOLDER_RE = re.compile(r"<[A-Za-z][A-Za-z0-9 _.\-]*>")
+_SUB_RG = r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+MANAGED_IMAGE_ID_RE = re.compile(rf"^{_SUB_RG}Microsoft\.Compute/images/[^/]+$", re.IGNORECASE)
+GALLERY_IMAGE_ID_RE = re.compile(
+    rf"^{_SUB_RG}Microsoft\.Compute/galleries/[^/]+/images/[^/]+(/versions/[^/]+)?$", re.IGNORECASE)
+IMAGE_VERSION_ID_RE = re.compile(
+    rf"^{_SUB_RG}Microsoft\.Compute/galleries/[^/]+/images/[^/]+/versions/[^/]+$", re.IGNORECASE)
+SUBNET_ID_RE = re.compile(
+    rf"^{_SUB_RG}Microsoft\.Network/virtualNetworks/[^/]+/subnets/[^/]+$", re.IGNORECASE)
+URI_SCHEMES = ("http://", "https://", "file://")
+_TIMEOUT_RE = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
+# Fields whose values are commands or scripts: `<...>` there is content, not a placeholder.
+_COMMAND_FIELDS = {"inline", "restartcommand", "restartcheckcommand", "searchcriteria", "filters"}
+_TEMPLATE_TYPE = "microsoft.virtualmachineimages/imagetemplates"
+_WINDOWS_HINTS = ("windows",)
+
+
+def load_template(data: Any, source: str = "template") -> m.ImageTemplate:
+    """Returns the model, or raises TemplateInvalid listing every problem."""
+    problems: list[Problem] = []
+    template = read_template(data, problems)
+    if problems or template is None:
+        raise TemplateInvalid(problems, source)
+    return template
+
+
+def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
+    if not isinstance(data, dict):
+        problems.append(Problem("$", "type", "a template must be a JSON object",
+                                "the file should start with `{` and hold one imageTemplates resource"))
+        return None
+    problems.extend(find_placeholders(data, "$"))
+    root = ObjectReader(data, "$", problems)
+    kind = root.string("type")
+    if kind is not None and not _TEMPLATE_TYPE.startswith(kind.lower()):
+        root.problem("type", "resource-type", f"`{kind}` is not an image template",
+                     f"use \"type\": \"Microsoft.VirtualMachineImages/imageTemplates\"")
+    api = root.string("apiVersion", required=True, hint=f"e.g. \"{API_2020}\"")
+    if api is not None and not _API_RE.match(api):
+        root.problem("apiVersion", "api-version", f"`{api}` is not an API version",
+                     f"use one of {', '.join(KNOWN_API_VERSIONS)}")
+        api = None
+    elif api is not None and api < API_2019:
+        root.problem("apiVersion", "api-version", f"`{api}` is older than any imageTemplates API",
+                     f"use {API_2020} or newer")
+    api = api or API_2020
+    name = root.string("name")
+    location = root.string("location")
+    tags = root.string_map("tags")
+    identity = _identity(root)
+    depends_on = root.strings("dependsOn") or ()
+    root.ignore("id", "comments", "$schema")
+    props = root.object("properties", required=True)
+    root.finish()
+    if props is None:
+        return None
+
+    timeout = props.get("buildTimeoutInMinutes", int, 0)
+    if timeout is not None and not 0 <= timeout <= m.MAX_TIMEOUT_MINUTES:
+        props.problem("buildTimeoutInMinutes", "timeout-range",
+                      f"{timeout} is out of range: 0 to {m.MAX_TIMEOUT_MINUTES} minutes",
+                      "0 or absent means the default, 240 minutes")
+        timeout = 0
+    vm_profile = _vm_profile(props, api)
+    source = _source(props, api)
+    customize = tuple(_customizers(props, "customize", api))
+    validate = _validate(props, api)
+    error_handling = _error_handling(props)
+    distribute = tuple(props.objects("distribute", _target, required=True))
+    if props.has("distribute") and not distribute and not any(p.path.startswith(props.path_of("distribute")) for p in problems):
+        props.problem("distribute", "empty", "at least one distribution target is required",
+                      "add e.g. {\"type\": \"VHD\", \"runOutputName\": \"vhd\"}")
+    staging = props.string("stagingResourceGroup")
+    props.ignore("provisioningState", "provisioningError", "lastRunStatus", "exactStagingResourceGroup",
+                 "autoRun", "optimize", "managedResourceTags")
+    props.finish()
+
+    _check_unique_names(customize, props.path_of("customize"), problems)
+    _check_run_outputs(distribute, props.path_of("distribute"), problems)
+    os_type = infer_os_type(source, customize)
+    _check_file_destinations(customize, os_type, props.path_of("customize"), problems)
+    if source is None:
+        return None
+    return m.ImageTemplate(
+        api_version=api, source=source, distribute=distribute, customize=customize, name=name,
+        location=location, tags=tags, identity=identity, depends_on=depends_on,
+        build_timeout_minutes=timeout or m.DEFAULT_TIMEOUT_MINUTES, vm_profile=vm_profile,
+        validate=validate, error_handling=error_handling, staging_resource_group=staging,
+        os_type=os_type,
+    )
+
+
+def find_placeholders(value: Any, path: str) -> list[Problem]:
+    """Every `<placeholder>` a sample template still holds, reported together."""
+    found: list[Problem] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _PLACEHOLDER_RE.search(key):
+                found.append(_placeholder(child(path, key), key))
+            if key.lower() not in _COMMAND_FIELDS:
+                found.extend(find_placeholders(item, child(path, key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.extend(find_placeholders(item, child(path, index)))
+    elif isinstance(value, str) and _PLACEHOLDER_RE.search(value):
+        found.append(_placeholder(path, value))
+    return found
+
+
+def _placeholder(path: str, text: str) -> Problem:
+    names = ", ".join(dict.fromkeys(_PLACEHOLDER_RE.findall(text)))
+    return Problem(path, "placeholder", f"unfilled placeholder {names}",
+                   "replace it with a real value, or pass a parameters file")
+
+
+def infer_os_type(source: m.Source | None, customize: tuple[m.Customizer, ...]) -> str:
+    if isinstance(source, m.PlatformImageSource):
+        text = f"{source.publisher} {source.offer}".lower()
+        if any(word in text for word in _WINDOWS_HINTS):
+            return "Windows"
+        return "Linux"
+    windows_only = (m.WindowsRestartCustomizer, m.WindowsUpdateCustomizer, m.PowerShellCustomizer)
+    if any(isinstance(c, windows_only) for c in customize) and not any(
+            isinstance(c, m.ShellCustomizer) for c in customize):
+        return "Windows"
+    if any(isinstance(c, m.FileCustomizer) and re.match(r"^[A-Za-z]:\\", c.destination) for c in customize):
+        return "Windows"
+    return "Linux"
+
+
+def _identity(root: ObjectReader) -> m.Identity | None:
+    obj = root.object("identity")
+    if obj is None or not obj.value:
+        if obj is not None:
+            obj.finish()
+        return None
+    kind = obj.string("type", required=True) or "None"
+    if kind.lower() not in ("userassigned", "none"):
+        obj.problem("type", "identity-type", f"`{kind}` is not supported",
+                    "AIB supports \"UserAssigned\" (one identity) or \"None\"")
+    users = obj.get("userAssignedIdentities", dict, {}) or {}
+    if len(users) > 1:
+        obj.problem("userAssignedIdentities", "one-identity",
+                    f"{len(users)} identities given; AIB accepts exactly one user-assigned identity")
+    if kind.lower() == "userassigned" and not users:
+        obj.problem("userAssignedIdentities", "required", "a UserAssigned identity needs one entry")
+    obj.finish()
+    return m.Identity(kind, tuple(users))
+
+
+def _vm_profile(props: ObjectReader, api: str) -> m.VmProfile:
+    obj = props.object("vmProfile")
+    if obj is None:
+        return m.VmProfile()
+    size = obj.string("vmSize", m.DEFAULT_VM_SIZE) or m.DEFAULT_VM_SIZE
+    if size.lower() not in VM_SIZES:
+        obj.problem("vmSize", "vm-size", f"unknown VM size `{size}`",
+                    "use an Azure size such as Standard_D1_v2, Standard_D2s_v3 or Standard_B2s")
+    disk = obj.get("osDiskSizeGB", int, 0)
+    if disk is not None and not 0 <= disk <= 2048:
+        obj.problem("osDiskSizeGB", "disk-size", f"{disk} GB is out of range: 0 to 2048",
+                    "0 keeps the source image's size")
+        disk = 0
+    vnet = None
+    vnet_obj = obj.object("vnetConfig")
+    if vnet_obj is not None:
+        vnet = m.VnetConfig(
+            subnet_id=vnet_obj.string("subnetId"), name=vnet_obj.string("name"),
+            subnet_name=vnet_obj.string("subnetName"),
+            resource_group_name=vnet_obj.string("resourceGroupName"),
+            proxy_vm_size=vnet_obj.string("proxyVmSize"))
+        vnet_obj.ignore("containerInstanceSubnetId")
+        old = (vnet.name, vnet.subnet_name, vnet.resource_group_name)
+        if vnet.subnet_id and any(old):
+            vnet_obj.problem(None, "vnet-spelling", "give either subnetId or name/subnetName/resourceGroupName, not both")
+        elif any(old) and not all(old):
+            vnet_obj.problem(None, "vnet-spelling", "name, subnetName and resourceGroupName go together",
+                             f"or use subnetId (API {API_2020} and newer)")
+        elif not vnet.subnet_id and not any(old):
+            vnet_obj.problem(None, "required", "vnetConfig needs subnetId")
+        elif vnet.subnet_id and not SUBNET_ID_RE.match(vnet.subnet_id) and not _PLACEHOLDER_RE.search(vnet.subnet_id):
+            vnet_obj.problem("subnetId", "resource-id", "not a subnet resource ID",
+                             "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/V/subnets/N")
+        vnet_obj.finish()
+    identities = obj.get("userAssignedIdentities", list, []) or []
+    obj.finish()
+    return m.VmProfile(vm_size=size, os_disk_size_gb=disk or 0, vnet_config=vnet,
+                       user_assigned_identities=tuple(str(i) for i in identities))
+
+
+def _source(props: ObjectReader, api: str) -> m.Source | None:
+    obj = props.object("source", required=True)
+    if obj is None:
+        return None
+    kind = obj.string("type", required=True, hint="PlatformImage, ManagedImage, SharedImageVersion or ISO")
+    source: m.Source | None = None
+    lowered = (kind or "").lower()
+    if lowered == "platformimage":
+        fields = [obj.string(f, required=True) for f in ("publisher", "offer", "sku")]
+        version = obj.string("version", "latest") or "latest"
+        plan = _plan_info(obj)
+        obj.ignore("exactVersion")  # read-only, reported by newer APIs
+        if all(fields):
+            source = m.PlatformImageSource(*fields, version=version, plan_info=plan)  # type: ignore[misc]
+    elif lowered == "managedimage":
+        image_id = obj.string("imageId", required=True)
+        if image_id and not MANAGED_IMAGE_ID_RE.match(image_id) and not _PLACEHOLDER_RE.search(image_id):
+            obj.problem("imageId", "resource-id", "not a managed image resource ID",
+                        "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME")
+        source = m.ManagedImageSource(image_id) if image_id else None
+    elif lowered == "sharedimageversion":
+        version_id = obj.string("imageVersionId", required=True)
+        if version_id and not IMAGE_VERSION_ID_RE.match(version_id) and not _PLACEHOLDER_RE.search(version_id):
+            obj.problem("imageVersionId", "resource-id", "not a gallery image version resource ID",
+                        ".../galleries/G/images/DEF/versions/VER (VER may be `latest`)")
+        source = m.SharedImageVersionSource(version_id) if version_id else None
+    elif lowered == "iso":
+        uri = _uri(obj, "sourceURI", required=True)
+        sha = _checksum(obj, required=True)
+        if api != API_2019:
+            obj.problem("type", "iso-retired", f"ISO sources exist only in API {API_2019}; AIB retired them",
+                        f"use apiVersion {API_2019}, or a PlatformImage source")
+        source = m.IsoSource(uri, sha) if uri and sha else None
+    elif kind is not None:
+        obj.problem("type", "source-type", f"unknown source type `{kind}`",
+                    "use PlatformImage, ManagedImage, SharedImageVersion or ISO")
+    if source is not None or kind is None or lowered in ("platformimage", "managedimage", "sharedimageversion", "iso"):
+        obj.finish(f"for a {kind} source" if kind else None)
+    return source
+
+
+def _plan_info(obj: ObjectReader) -> m.PlanInfo | None:
+    plan = obj.object("planInfo")
+    if plan is None:
+        return None
+    values = [plan.string(f) for f in ("planName", "planProduct", "planPublisher")]
+    plan.finish()
+    if any(values) and not all(values):
+        plan.problem(None, "plan-info", "planName, planProduct and planPublisher go together: all three or none")
+        return None
+    return m.PlanInfo(*values) if all(values) else None  # type: ignore[arg-type]
+
+
+def _uri(obj: ObjectReader, name: str, *, required: bool) -> str | None:
+    uri = obj.string(name, required=required)
+    if uri and not uri.lower().startswith(URI_SCHEMES) and not _PLACEHOLDER_RE.search(uri):
+        obj.problem(name, "uri-scheme", f"`{uri}` is not an http, https or file URI",
+                    "e.g. https://host/script.sh or file:///srv/scripts/script.sh")
+        return None
+    return uri
+
+
+def _checksum(obj: ObjectReader, *, required: bool = False) -> str | None:
+    value = obj.string("sha256Checksum", required=required, nonempty=False)
+    if value is None or value == "":
+        return None
+    if not _SHA256_RE.match(value):
+        obj.problem("sha256Checksum", "checksum-format", "not a sha256 checksum (64 hex digits)",
+                    "sha256sum FILE prints it")
+        return None
+    return value.lower()
+
+
+def _customizers(props: ObjectReader, name: str, api: str, *, validation: bool = False) -> list[m.Customizer]:
+    counter = iter(range(1, 10_000))
+
+    def read(obj: ObjectReader) -> m.Customizer | None:
+        return _customizer(obj, next(counter), validation)
+
+    return props.objects(name, read)
+
+
+def _customizer(obj: ObjectReader, index: int, validation: bool) -> m.Customizer | None:
+    kind = obj.string("type", required=True, hint="Shell, PowerShell, File, WindowsRestart or WindowsUpdate")
+    if kind is None:
+        return None
+    name = obj.string("name") or f"{kind}{index}"
+    lowered = kind.lower()
+    allowed = ("shell", "powershell", "file") if validation else (
+        "shell", "powershell", "file", "windowsrestart", "windowsupdate")
+    if lowered not in allowed:
+        obj.problem("type", "customizer-type", f"unknown {'validation' if validation else 'customizer'} type `{kind}`",
+                    f"use one of: {', '.join(allowed)}")
+        return None
+    result: m.Customizer | None
+    if lowered in ("shell", "powershell"):
+        uri = _uri(obj, "scriptUri", required=False)
+        sha = _checksum(obj)
+        inline = obj.strings("inline", nonempty=True)
+        if obj.has("scriptUri") == obj.has("inline"):
+            obj.problem(None, "script-or-inline", f"a {kind} customizer needs exactly one of scriptUri or inline")
+        if sha and not obj.has("scriptUri"):
+            obj.problem("sha256Checksum", "checksum-without-uri", "sha256Checksum goes with scriptUri")
+        if lowered == "shell":
+            result = m.ShellCustomizer(name, uri, sha, inline)
+        else:
+            elevated = obj.get("runElevated", bool, False)
+            as_system = obj.get("runAsSystem", bool, False)
+            if as_system and not elevated:
+                obj.problem("runAsSystem", "run-as-system", "runAsSystem needs runElevated: true")
+            codes = obj.get("validExitCodes", list, None)
+            valid: tuple[int, ...] = (0,)
+            if codes is not None:
+                if all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
+                    valid = tuple(codes) or (0,)
+                else:
+                    obj.problem("validExitCodes", "type", "must be a list of integers")
+            result = m.PowerShellCustomizer(name, uri, sha, inline, bool(elevated), bool(as_system), valid)
+    elif lowered == "file":
+        uri = _uri(obj, "sourceUri", required=True)
+        destination = obj.string("destination", required=True)
+        sha = _checksum(obj)
+        result = m.FileCustomizer(name, uri, destination, sha) if uri and destination else None
+    elif lowered == "windowsrestart":
+        command = obj.string("restartCommand") or m.WindowsRestartCustomizer.restart_command
+        check = obj.string("restartCheckCommand")
+        timeout = obj.string("restartTimeout") or "5m"
+        if not _TIMEOUT_RE.match(timeout):
+            obj.problem("restartTimeout", "duration", f"`{timeout}` is not a duration",
+                        "a number and a unit: 5m, 90s, 2h")
+            timeout = "5m"
+        result = m.WindowsRestartCustomizer(name, command, check, timeout)
+    else:
+        criteria = obj.string("searchCriteria") or m.WindowsUpdateCustomizer.search_criteria
+        filters = obj.strings("filters") or ()
+        for i, item in enumerate(filters):
+            if not re.match(r"^\s*(include|exclude)\s*:", item, re.IGNORECASE):
+                obj.problems.append(Problem(child(obj.path_of("filters"), i), "update-filter",
+                                            "a filter starts with `include:` or `exclude:`",
+                                            "e.g. \"exclude:$_.Title -like '*Preview*'\""))
+        limit = obj.get("updateLimit", int, 1000)
+        if limit is not None and limit < 1:
+            obj.problem("updateLimit", "update-limit", "must be 1 or more")
+            limit = 1000
+        result = m.WindowsUpdateCustomizer(name, criteria, filters, limit or 1000)
+    obj.finish(f"for a {kind} customizer")
+    return result
+
+
+def _validate(props: ObjectReader, api: str) -> m.Validation | None:
+    obj = props.object("validate")
+    if obj is None:
+        return None
+    checks = tuple(_customizers(obj, "inVMValidations", api, validation=True))
+    result = m.Validation(
+        in_vm_validations=checks,
+        continue_distribute_on_failure=bool(obj.get("continueDistributeOnFailure", bool, False)),
+        source_validation_only=bool(obj.get("sourceValidationOnly", bool, False)))
+    obj.finish()
+    _check_unique_names(checks, obj.path_of("inVMValidations"), obj.problems)
+    return result
+
+
+def _error_handling(props: ObjectReader) -> m.ErrorHandling:
+    obj = props.object("errorHandling")
+    if obj is None:
+        return m.ErrorHandling()
+    values = []
+    for name in ("onCustomizerError", "onValidationError"):
+        value = (obj.string(name) or "cleanup")
+        if value.lower() not in ("cleanup", "abort"):
+            obj.problem(name, "error-handling", f"`{value}` is not cleanup or abort")
+            value = "cleanup"
+        values.append(value.lower())
+    obj.finish()
+    return m.ErrorHandling(*values)
+
+
+def _target(obj: ObjectReader) -> m.Target | None:
+    kind = obj.string("type", required=True, hint="ManagedImage, SharedImage or VHD")
+    run_output = obj.string("runOutputName", required=True)
+    if run_output and not RUN_OUTPUT_NAME_RE.match(run_output) and not _PLACEHOLDER_RE.search(run_output):
+        obj.problem("runOutputName", "run-output-name",
+                    f"`{run_output}` does not match ^[A-Za-z0-9-_.]{{1,64}}$",
+                    "letters, digits, '-', '_' and '.', at most 64")
+    tags = obj.string_map("artifactTags")
+    lowered = (kind or "").lower()
+    target: m.Target | None = None
+    if lowered == "managedimage":
+        image_id = obj.string("imageId", required=True)
+        if image_id and not MANAGED_IMAGE_ID_RE.match(image_id) and not _PLACEHOLDER_RE.search(image_id):
+            obj.problem("imageId", "resource-id", "not a managed image resource ID",
+                        "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME")
+        location = obj.string("location", required=True)
+        if run_output and image_id and location:
+            target = m.ManagedImageTarget(run_output, image_id, location, tags)
+    elif lowered == "sharedimage":
+        gallery_id = obj.string("galleryImageId", required=True)
+        if gallery_id and not GALLERY_IMAGE_ID_RE.match(gallery_id) and not _PLACEHOLDER_RE.search(gallery_id):
+            obj.problem("galleryImageId", "resource-id", "not a gallery image (or image version) resource ID",
+                        "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/DEF")
+        replication = obj.strings("replicationRegions") or ()
+        regions = tuple(obj.objects("targetRegions", _target_region))
+        if replication and regions:
+            obj.problem("targetRegions", "regions", "give replicationRegions or targetRegions, not both")
+        scheme, major = _versioning(obj)
+        target = m.SharedImageTarget(
+            run_output or "", gallery_id or "", replication, regions,
+            bool(obj.get("excludeFromLatest", bool, False)), obj.string("storageAccountType"),
+            scheme, major, tags) if run_output and gallery_id else None
+    elif lowered == "vhd":
+        uri = obj.string("uri")
+        obj.ignore("tags")
+        target = m.VhdTarget(run_output, uri, tags) if run_output else None
+    elif kind is not None:
+        obj.problem("type", "target-type", f"unknown distribution type `{kind}`",
+                    "use ManagedImage, SharedImage or VHD")
+        return None
+    obj.finish(f"for a {kind} target" if kind else None)
+    return target
+
+
+def _target_region(obj: ObjectReader) -> m.TargetRegion | None:
+    name = obj.string("name", required=True)
+    count = obj.get("replicaCount", int, 1)
+    if count is not None and not 1 <= count <= 100:
+        obj.problem("replicaCount", "replica-count", "must be 1 to 100")
+    account = obj.string("storageAccountType")
+    obj.finish()
+    return m.TargetRegion(name, count or 1, account) if name else None
+
+
+def _versioning(obj: ObjectReader) -> tuple[str | None, int | None]:
+    v = obj.object("versioning")
+    if v is None:
+        return None, None
+    scheme = v.string("scheme", required=True)
+    major = v.get("major", int, None)
+    if scheme and scheme.lower() not in ("latest", "source"):
+        v.problem("scheme", "versioning", f"`{scheme}` is not Latest or Source")
+    if major is not None and scheme and scheme.lower() != "latest":
+        v.problem("major", "versioning", "major goes with scheme Latest")
+    v.finish()
+    return scheme, major
+
+
+def _check_unique_names(items: tuple[m.Customizer, ...], path: str, problems: list[Problem]) -> None:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        key = item.name.lower()
+        if key in seen:
+            problems.append(Problem(child(child(path, index), "name"), "unique-name",
+                                    f"name `{item.name}` is used by entry {seen[key]} too",
+                                    "give every customizer its own name"))
+        else:
+            seen[key] = index
+
+
+def _check_run_outputs(targets: tuple[m.Target, ...], path: str, problems: list[Problem]) -> None:
+    seen: dict[str, int] = {}
+    for index, target in enumerate(targets):
+        key = target.run_output_name.lower()
+        if key in seen and not _PLACEHOLDER_RE.search(key):
+            problems.append(Problem(child(child(path, index), "runOutputName"), "unique-run-output",
+                                    f"runOutputName `{target.run_output_name}` is used by entry {seen[key]} too",
+                                    "every distribution target needs its own runOutputName"))
+        seen.setdefault(key, index)
+
+
+def _check_file_destinations(items: tuple[m.Customizer, ...], os_type: str, path: str,
+                             problems: list[Problem]) -> None:
+    for index, item in enumerate(items):
+        if not isinstance(item, m.FileCustomizer):
+            continue
+        dest = item.destination
+        where = child(child(path, index), "destination")
+        if os_type == "Linux":
+            parts = dest.split("/")
+            if not dest.startswith("/tmp/") or ".." in parts or dest.endswith("/") or "\x00" in dest:
+                problems.append(Problem(where, "file-destination",
+                                        f"`{dest}` is not a file path under /tmp",
+                                        "on Linux AIB uploads only to /tmp; move the file with a Shell step after"))
+        elif not re.match(r"^[A-Za-z]:\\[^\x00]*[^\\]$", dest):
+            problems.append(Problem(where, "file-destination",
+                                    f"`{dest}` is not a full Windows file path",
+                                    "e.g. c:\\buildArtifacts\\index.html (the folder must exist)"))

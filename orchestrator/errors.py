@@ -1,0 +1,92 @@
+"""One exception hierarchy. Each error says what went wrong, where, and what to do.
+
+The CLI is the only place that turns these into messages and exit codes;
+everything else raises them.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from orchestrator.core.problems import Problem
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    BUILD_FAILED = 1
+    INVALID_INPUT = 2  # template, parameters, CLI arguments
+    DOWNLOAD_FAILED = 3  # unreachable URL or sha256 mismatch
+    CUSTOMIZER_FAILED = 4
+    TIMEOUT = 5
+    ENVIRONMENT = 6  # missing tool, base image not imported, data home unusable
+    CANCELED = 130
+
+
+class OrchestratorError(Exception):
+    exit_code: ExitCode = ExitCode.BUILD_FAILED
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(OrchestratorError):
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class TemplateInvalid(OrchestratorError):
+    """A template broke one or more rules; every problem is listed, not just the first."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+    def __init__(self, problems: Sequence["Problem"], source: str = "template") -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        super().__init__(
+            f"{source} is invalid: {count} problem{'s' if count != 1 else ''}",
+            hint="fix each problem at the JSON path shown, then run `orchestrate validate` again",
+        )
+
+
+class DownloadFailed(OrchestratorError):
+    exit_code = ExitCode.DOWNLOAD_FAILED
+
+
+class ChecksumMismatch(DownloadFailed):
+    def __init__(self, url: str, expected: str, actual: str, where: str) -> None:
+        super().__init__(
+            f"sha256 mismatch for {url} ({where}): expected {expected}, got {actual}",
+            hint="the file changed or the checksum is wrong: check the source, then update "
+            "sha256Checksum (sha256sum FILE prints it)",
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class CustomizerFailed(OrchestratorError):
+    exit_code = ExitCode.CUSTOMIZER_FAILED
+
+
+class BuildTimeout(OrchestratorError):
+    exit_code = ExitCode.TIMEOUT
+
+
+class BuildFailed(OrchestratorError):
+    exit_code = ExitCode.BUILD_FAILED
+
+
+class EnvironmentProblem(OrchestratorError):
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class SourceNotFound(EnvironmentProblem):
+    """The template's source image is not in the local catalog or store."""
+
+
+class Canceled(OrchestratorError):
+    exit_code = ExitCode.CANCELED
