@@ -183,7 +183,6 @@ NET
 mkdir -p "$ROOTFS/etc/network/interfaces.d"
 cat >"$ROOTFS/etc/network/interfaces.d/eth0" <<'NET'
 auto eth0
-allow-hotplug eth0
 iface eth0 inet dhcp
 NET
 # resolv.conf is written by dhclient at boot; do not ship the build host's.

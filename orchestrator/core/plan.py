@@ -1,0 +1,169 @@
+"""The build plan: what will be built, from what, in which steps. Pure and JSON-serializable.
+
+The plan is made from the template and the resolved source (the catalog lookup is an
+effect done before); its digest, with the digests of every download, identifies the build:
+the same digest means the same image, so a finished one need not be built again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from orchestrator.core import model as m
+from orchestrator.core.vmsizes import vm_resources
+from orchestrator.errors import BuildFailed
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """The local image a template's source names, as the catalog resolved it at build time."""
+
+    description: str  # e.g. "PlatformImage Debian:debian-12:12:latest"
+    path: str
+    format: str  # qcow2 or raw
+    virtual_size: int  # bytes
+    sha256: str
+    resolved_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Download:
+    url: str
+    sha256: str | None
+    customizer: str  # the step that uses it
+    json_path: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One customizer (or validation) in run order."""
+
+    index: int
+    name: str
+    kind: str  # Shell, PowerShell, File, WindowsRestart, WindowsUpdate
+    phase: str  # customize or validate
+    inline: tuple[str, ...] | None = None
+    download: Download | None = None
+    destination: str | None = None
+    run_elevated: bool = False
+    run_as_system: bool = False
+    valid_exit_codes: tuple[int, ...] = (0,)
+    restart_command: str | None = None
+    restart_check_command: str | None = None
+    restart_timeout: str | None = None
+    search_criteria: str | None = None
+    filters: tuple[str, ...] = ()
+    update_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    run_output_name: str
+    kind: str  # VHD, ManagedImage, SharedImage
+    artifact_id: str | None = None  # the Azure-shaped ID naming the local object
+    uri: str | None = None
+    regions: tuple[str, ...] = ()
+    exclude_from_latest: bool = False
+    artifact_tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    name: str
+    os_type: str
+    source: ResolvedSource
+    cpus: int
+    memory_mib: int
+    disk_size_mib: int
+    timeout_minutes: int
+    steps: tuple[Step, ...]
+    targets: tuple[TargetPlan, ...]
+    vm_size: str
+    deprovision_command: str
+    deprovision_override: str
+    validation_continue_on_failure: bool = False
+    on_customizer_error: str = "cleanup"
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def downloads(self) -> tuple[Download, ...]:
+        return tuple(s.download for s in self.steps if s.download is not None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self, download_digests: dict[str, str] | None = None) -> str:
+        """Content hash of everything that shapes the image (not the file paths)."""
+        data = self.to_dict()
+        data["source"] = {k: v for k, v in data["source"].items() if k != "path"}
+        data["download_digests"] = download_digests or {}
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> BuildPlan:
+    cpus, memory = vm_resources(template.vm_profile.vm_size)
+    source_mib = -(-source.virtual_size // MIB)  # whole MiB, rounded up
+    requested_mib = template.vm_profile.os_disk_size_gb * 1024
+    if requested_mib and requested_mib < source_mib:
+        raise BuildFailed(
+            f"osDiskSizeGB {template.vm_profile.os_disk_size_gb} is smaller than the source image "
+            f"({source_mib / 1024:.1f} GiB): a disk can only grow",
+            hint="raise osDiskSizeGB or set it to 0 to keep the source size",
+        )
+    steps = [_step(i, c, "customize") for i, c in enumerate(template.customize, 1)]
+    if template.validate is not None:
+        offset = len(steps)
+        steps += [_step(offset + i, c, "validate") for i, c in enumerate(template.validate.in_vm_validations, 1)]
+    windows = template.os_type == "Windows"
+    return BuildPlan(
+        name=name,
+        os_type=template.os_type,
+        source=source,
+        cpus=cpus,
+        memory_mib=memory,
+        disk_size_mib=max(source_mib, requested_mib),
+        timeout_minutes=template.build_timeout_minutes,
+        steps=tuple(steps),
+        targets=tuple(_target(t) for t in template.distribute),
+        vm_size=template.vm_profile.vm_size,
+        deprovision_command="Sysprep" if windows else m.LINUX_DEPROVISION_COMMAND,
+        deprovision_override=m.WINDOWS_DEPROVISION_OVERRIDE if windows else m.LINUX_DEPROVISION_OVERRIDE,
+        validation_continue_on_failure=bool(template.validate and template.validate.continue_distribute_on_failure),
+        on_customizer_error=template.error_handling.on_customizer_error,
+    )
+
+
+def _step(index: int, c: m.Customizer, phase: str) -> Step:
+    path = f"$.properties.{'customize' if phase == 'customize' else 'validate.inVMValidations'}"
+    if isinstance(c, (m.ShellCustomizer, m.PowerShellCustomizer)):
+        download = Download(c.script_uri, c.sha256, c.name, f"{path}[{index - 1}].scriptUri") if c.script_uri else None
+        extra = {}
+        if isinstance(c, m.PowerShellCustomizer):
+            extra = dict(run_elevated=c.run_elevated, run_as_system=c.run_as_system,
+                         valid_exit_codes=c.valid_exit_codes)
+        return Step(index, c.name, c.kind, phase, inline=c.inline, download=download, **extra)
+    if isinstance(c, m.FileCustomizer):
+        return Step(index, c.name, c.kind, phase,
+                    download=Download(c.source_uri, c.sha256, c.name, f"{path}[{index - 1}].sourceUri"),
+                    destination=c.destination)
+    if isinstance(c, m.WindowsRestartCustomizer):
+        return Step(index, c.name, c.kind, phase, restart_command=c.restart_command,
+                    restart_check_command=c.restart_check_command, restart_timeout=c.restart_timeout)
+    return Step(index, c.name, c.kind, phase, search_criteria=c.search_criteria, filters=c.filters,
+                update_limit=c.update_limit)
+
+
+def _target(t: m.Target) -> TargetPlan:
+    if isinstance(t, m.VhdTarget):
+        return TargetPlan(t.run_output_name, "VHD", uri=t.uri, artifact_tags=t.artifact_tags)
+    if isinstance(t, m.ManagedImageTarget):
+        return TargetPlan(t.run_output_name, "ManagedImage", artifact_id=t.image_id, regions=(t.location,),
+                          artifact_tags=t.artifact_tags)
+    regions = t.replication_regions or tuple(r.name for r in t.target_regions)
+    return TargetPlan(t.run_output_name, "SharedImage", artifact_id=t.gallery_image_id, regions=regions,
+                      exclude_from_latest=t.exclude_from_latest, artifact_tags=t.artifact_tags)

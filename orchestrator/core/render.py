@@ -1,0 +1,194 @@
+"""Renders a build plan into Packer HCL2 plus the small files it references.
+
+Pure: returns text; the engine writes it. User text (inline commands, destinations) never
+goes into the HCL itself: it goes into script files, which Packer uploads byte-exact and
+does not run through HCL or Go-template interpolation.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from orchestrator.core.hcl import hcl_string, hcl_value
+from orchestrator.core.plan import BuildPlan, Step
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "packer_templates"
+BUILD_USER = "packer"
+UPLOAD_PREFIX = "/tmp/.orchestrator-upload-"
+FINALIZE_SCRIPT = "/run/orchestrator-finalize.sh"
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Host-side facts the HCL needs; all paths are absolute."""
+
+    work_dir: str
+    output_dir: str
+    ssh_private_key: str
+    ssh_public_key: str
+    accelerator: str  # kvm or tcg
+    downloads: dict[str, str] = field(default_factory=dict)  # url -> cached local path
+    headless: bool = True
+
+
+@dataclass(frozen=True)
+class ProvisionerBlock:
+    """One Packer provisioner; `source` is the step (or phase) its log lines belong to."""
+
+    source: str
+    kind: str  # shell, file, powershell, windows-restart
+    attrs: tuple[tuple[str, object], ...]
+    log_keys: tuple[str, ...]  # strings that identify it in Packer's output (script paths)
+
+
+@dataclass(frozen=True)
+class RenderedBuild:
+    hcl: str
+    files: dict[str, str]  # path relative to work_dir -> content
+    provisioners: tuple[ProvisionerBlock, ...]
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["hcl"] = hcl_value
+    return env
+
+
+def _safe_slug(name: str) -> str:
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)[:40]
+    return slug.strip("-") or "step"
+
+
+def _host_path(path: str) -> str:
+    # Packer interpolates Go templates in provisioner fields; our own paths must not hold `{{`.
+    if "{{" in path or "}}" in path:
+        raise ValueError(f"path {path!r} contains '{{{{' or '}}}}', which Packer would interpret")
+    return path
+
+
+def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
+    files: dict[str, str] = {}
+    blocks: list[ProvisionerBlock] = []
+    work = Path(ctx.work_dir)
+    for step in plan.steps:
+        source = f"customizer:{step.name}" if step.phase == "customize" else f"validation:{step.name}"
+        slug = f"{step.index:02d}-{_safe_slug(step.name)}"
+        if step.kind == "Shell":
+            if step.inline is not None:
+                rel = f"steps/{slug}.sh"
+                files[rel] = inline_script(step.inline)
+                script = _host_path(str(work / rel))
+            else:
+                script = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
+            blocks.append(ProvisionerBlock(source, "shell", (
+                ("script", script), ("expect_disconnect", True),
+            ), (script,)))
+        elif step.kind == "File":
+            local = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
+            upload = f"{UPLOAD_PREFIX}{step.index}"
+            blocks.append(ProvisionerBlock(source, "file", (
+                ("source", local), ("destination", upload),
+            ), (local, upload)))
+            rel = f"steps/{slug}.place.sh"
+            files[rel] = move_script(upload, step.destination or "")
+            script = _host_path(str(work / rel))
+            blocks.append(ProvisionerBlock(source, "shell", (("script", script),), (script,)))
+        else:
+            raise ValueError(f"{step.kind} customizers need a Windows source")
+    rel = "steps/90-generalize.sh"
+    files[rel] = generalize_script(plan.deprovision_command, plan.deprovision_override)
+    script = _host_path(str(work / rel))
+    blocks.append(ProvisionerBlock("generalize", "shell", (
+        ("script", script),
+        ("execute_command", "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }}"),
+        ("skip_clean", True),
+    ), (script,)))
+    files["seed/meta-data"] = f"instance-id: orchestrator-{plan.name}\nlocal-hostname: {_safe_slug(plan.name)}\n"
+    files["seed/user-data"] = cloud_init_user_data(ctx.ssh_public_key)
+    seed = [_host_path(str(work / "seed/meta-data")), _host_path(str(work / "seed/user-data"))]
+    hcl = _environment().get_template("linux.pkr.hcl.j2").render(
+        plan=plan, ctx=ctx, provisioners=blocks, seed_files=seed, build_user=BUILD_USER,
+        shutdown_command=f"sudo /bin/sh {FINALIZE_SCRIPT}",
+        serial_log=_host_path(str(work / "serial.log")),
+        hcl_string=hcl_string,
+    )
+    return RenderedBuild(hcl, files, tuple(blocks))
+
+
+def inline_script(commands: tuple[str, ...]) -> str:
+    # The same shell and `-e` Packer uses for `inline`, without Packer's interpolation.
+    return "#!/bin/sh -e\n" + "\n".join(commands) + "\n"
+
+
+def move_script(upload: str, destination: str) -> str:
+    return (
+        "#!/bin/sh -e\n"
+        "# File customizer: the upload went to a fixed name; the destination is placed here\n"
+        "# so that no user text passes through Packer's interpolation.\n"
+        f"mv -f -- {shlex.quote(upload)} {shlex.quote(destination)}\n"
+    )
+
+
+def generalize_script(default_command: str, override: str) -> str:
+    quoted = shlex.quote(override)
+    return f"""#!/bin/sh
+# Generalize the build VM (runs as root), then leave the clean-up for the final shutdown.
+set -e
+if [ -f {quoted} ]; then
+    echo "orchestrator-generalize: running {override} (written by a customizer) instead of the default"
+    /bin/sh {quoted}
+else
+    echo {shlex.quote("orchestrator-generalize: running default: " + default_command)}
+    {default_command}
+fi
+install -m 0700 /dev/null {FINALIZE_SCRIPT}
+cat > {FINALIZE_SCRIPT} <<'FINALIZE'
+{finalize_script()}FINALIZE
+echo "orchestrator-generalize: done"
+"""
+
+
+def finalize_script() -> str:
+    """Runs as the VM's last command. waagent keeps the build user on a VM Azure did not
+    provision, so the build's own traces are removed here, then the guest powers off."""
+    user = shlex.quote(BUILD_USER)
+    return f"""#!/bin/sh
+rm -f /etc/sudoers.d/90-cloud-init-users
+userdel -f -r {user} >/dev/null 2>&1 || true
+rm -rf /home/{user}
+rm -f /etc/ssh/ssh_host_*
+rm -f {UPLOAD_PREFIX}*
+if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs >/dev/null 2>&1 || true; fi
+rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+rm -f /root/.bash_history
+sync
+shutdown -P now
+"""
+
+
+def cloud_init_user_data(public_key: str) -> str:
+    key = public_key.strip()
+    return f"""#cloud-config
+users:
+  - name: {BUILD_USER}
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    lock_passwd: true
+    ssh_authorized_keys:
+      - {key}
+ssh_pwauth: false
+disable_root: true
+locale: false
+manage_etc_hosts: true
+"""

@@ -1,0 +1,1 @@
+"""Effects: processes, files, downloads, SQLite, libvirt. The core never imports these."""

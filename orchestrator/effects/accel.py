@@ -1,0 +1,90 @@
+"""Chooses the QEMU accelerator: KVM only if a guest really runs under it here, else TCG.
+
+/dev/kvm can open and still fail to run a guest (nested or restricted hosts: here SeaBIOS
+runs, then the first 32-bit `iret` stops with "KVM internal error ... emulation failure"
+and QEMU sits forever). Packer picks KVM whenever /dev/kvm opens, which hangs the build.
+So the probe boots the build's own source image under KVM, read-only, and waits for the
+guest kernel to announce itself on the serial console.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+PROBE_TIMEOUT = 30.0
+_BOOTED = b"Linux version"
+_FAILED = (b"KVM internal error", b"emulation failure", b"failed to set MSR")
+
+
+def guest_boots(image: Path, accel: str, qemu: str = "qemu-system-x86_64",
+                timeout: float = PROBE_TIMEOUT) -> bool:
+    """True once the guest kernel prints its banner under `accel`; False on error or timeout."""
+    argv = [qemu, "-accel", accel, "-m", "512", "-display", "none", "-nodefaults", "-no-reboot",
+            "-serial", "stdio", "-drive", f"file={image},if=virtio,snapshot=on,readonly=off"]
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except OSError:
+        return False
+    lines: queue.Queue[bytes] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(b"")
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    verdict = False
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if not line or any(mark in line for mark in _FAILED):
+                break
+            if _BOOTED in line:
+                verdict = True
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    return verdict
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def choose_accelerator(setting: str, cache_file: Path, probe_image: Path,
+                       qemu: str = "qemu-system-x86_64") -> tuple[str, str]:
+    """Returns (accelerator, why). The probe's answer is kept until the host reboots."""
+    if setting in ("kvm", "tcg"):
+        return setting, "set by ORCHESTRATOR_ACCELERATOR"
+    boot = _boot_id()
+    try:
+        cached = json.loads(cache_file.read_text())
+        if cached.get("boot_id") == boot and cached.get("accelerator") in ("kvm", "tcg"):
+            return cached["accelerator"], f"probed since this host booted ({cached.get('why', '')})"
+    except (OSError, ValueError):
+        pass
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        accel, why = "tcg", "/dev/kvm is not usable"
+    elif guest_boots(probe_image, "kvm", qemu):
+        accel, why = "kvm", "a probe guest booted under KVM"
+    else:
+        accel, why = "tcg", "a probe guest did not boot under KVM"
+    try:
+        cache_file.write_text(json.dumps({"boot_id": boot, "accelerator": accel, "why": why}))
+    except OSError:
+        pass
+    return accel, why

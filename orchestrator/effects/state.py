@@ -1,0 +1,183 @@
+"""Run state, run outputs and the base image catalog, in one SQLite file under the data home."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    publisher TEXT NOT NULL COLLATE NOCASE,
+    offer TEXT NOT NULL COLLATE NOCASE,
+    sku TEXT NOT NULL COLLATE NOCASE,
+    version TEXT NOT NULL,
+    path TEXT NOT NULL,
+    format TEXT NOT NULL,
+    virtual_size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    imported_at REAL NOT NULL,
+    PRIMARY KEY (publisher, offer, sku, version)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    template_name TEXT NOT NULL,
+    template_path TEXT,
+    build_digest TEXT,
+    run_state TEXT NOT NULL,
+    run_sub_state TEXT,
+    message TEXT,
+    source TEXT,
+    resolved_version TEXT,
+    log_path TEXT,
+    start_time REAL NOT NULL,
+    end_time REAL,
+    pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS run_outputs (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    artifact_id TEXT,
+    artifact_uri TEXT,
+    provisioning_state TEXT NOT NULL,
+    details TEXT,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+TERMINAL_STATES = ("Succeeded", "PartiallySucceeded", "Failed", "Canceled")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    publisher: str
+    offer: str
+    sku: str
+    version: str
+    path: str
+    format: str
+    virtual_size: int
+    sha256: str
+    imported_at: float
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # --- catalog -------------------------------------------------------------------------
+    def add_image(self, record: ImageRecord) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?,?,?)", (
+                record.publisher, record.offer, record.sku, record.version, record.path,
+                record.format, record.virtual_size, record.sha256, record.imported_at))
+
+    def images(self, publisher: str | None = None, offer: str | None = None,
+               sku: str | None = None) -> list[ImageRecord]:
+        query, args = "SELECT * FROM images WHERE 1=1", []
+        for column, value in (("publisher", publisher), ("offer", offer), ("sku", sku)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        with self._connect() as db:
+            return [ImageRecord(**dict(row)) for row in db.execute(query, args)]
+
+    def remove_image(self, record: ImageRecord) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM images WHERE publisher=? AND offer=? AND sku=? AND version=?",
+                       (record.publisher, record.offer, record.sku, record.version))
+
+    # --- runs ----------------------------------------------------------------------------
+    def start_run(self, template_name: str, template_path: str | None, log_path_for: Any) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (id, template_name, template_path, run_state, run_sub_state, "
+                "log_path, start_time, pid) VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, template_name, template_path, "Running", "Queued", str(log_path_for(run_id)),
+                 time.time(), None))
+        return run_id
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*fields.values(), run_id))
+
+    def finish_run(self, run_id: str, state: str, message: str = "") -> None:
+        self.update_run(run_id, run_state=state, message=message, end_time=time.time(), pid=None)
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def runs(self, template_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM runs", []
+        if template_name:
+            query += " WHERE template_name = ?"
+            args.append(template_name)
+        query += " ORDER BY start_time DESC LIMIT ?"
+        args.append(limit)
+        with self._connect() as db:
+            return [dict(row) for row in db.execute(query, args)]
+
+    def last_success(self, template_name: str, build_digest: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM runs WHERE template_name = ? AND build_digest = ? AND run_state = 'Succeeded' "
+                "ORDER BY start_time DESC LIMIT 1", (template_name, build_digest)).fetchone()
+        return dict(row) if row else None
+
+    def set_output(self, run_id: str, name: str, kind: str, state: str, artifact_id: str | None = None,
+                   artifact_uri: str | None = None, details: dict[str, Any] | None = None) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO run_outputs VALUES (?,?,?,?,?,?,?)", (
+                run_id, name, kind, artifact_id, artifact_uri, state, json.dumps(details or {})))
+
+    def outputs(self, run_id: str) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM run_outputs WHERE run_id = ? ORDER BY rowid", (run_id,)).fetchall()
+        return [_output(dict(row)) for row in rows]
+
+    def latest_output(self, template_name: str, name: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT o.* FROM run_outputs o JOIN runs r ON r.id = o.run_id "
+                "WHERE r.template_name = ? AND o.name = ? COLLATE NOCASE ORDER BY r.start_time DESC LIMIT 1",
+                (template_name, name)).fetchone()
+        return _output(dict(row)) if row else None
+
+
+def _output(row: dict[str, Any]) -> dict[str, Any]:
+    """A run output in AIB's shape."""
+    details = json.loads(row.get("details") or "{}")
+    return {
+        "name": row["name"],
+        "runId": row["run_id"],
+        "type": row["kind"],
+        "properties": {
+            "artifactId": row["artifact_id"],
+            "artifactUri": row["artifact_uri"],
+            "provisioningState": row["provisioning_state"],
+            **details,
+        },
+    }
