@@ -61,7 +61,13 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["hcl"] = hcl_value
+    env.filters["comment"] = comment_text
     return env
+
+
+def comment_text(value: str) -> str:
+    """Text safe inside a `#` comment: one line, printable."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:200]
 
 
 def _safe_slug(name: str) -> str:

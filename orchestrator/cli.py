@@ -1,0 +1,125 @@
+"""The `orchestrate` command: the only place that prints and chooses exit codes."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Sequence
+
+from orchestrator import __version__
+from orchestrator.config import load_config
+from orchestrator.errors import ExitCode, OrchestratorError, TemplateInvalid, UsageError
+
+INTERNAL_ERROR = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit is 2 with usage: keep, but as our error
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="orchestrate", description="Build Azure VM Image Builder templates on local KVM/QEMU hosts.")
+    parser.add_argument("--version", action="version", version=f"orchestrate {__version__}")
+    parser.add_argument("--home", help="data home (default: $ORCHESTRATOR_HOME or ~/.local/share/orchestrator)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def template_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("template", help="image template JSON (or an ARM deployment template holding one)")
+        p.add_argument("--parameters", metavar="FILE", help="ARM parameters file for a deployment template")
+        p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="an ARM parameter value (repeatable; overrides --parameters)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    template_command("validate", "check a template and report every problem")
+    template_command("plan", "show what would be built, without building")
+    render = template_command("render", "print the Packer HCL for a template")
+    render.add_argument("-o", "--output", help="write the HCL to this file instead of stdout")
+    build = template_command("build", "build a template to its distribution targets")
+    build.add_argument("--force", action="store_true", help="build even if an identical build already succeeded")
+    build.add_argument("--name", help="template name for state and outputs (default: the file name)")
+
+    image = sub.add_parser("image", help="manage the local base image catalog").add_subparsers(
+        dest="image_command", metavar="ACTION", parser_class=_Parser)
+    image.required = True
+    imp = image.add_parser("import", help="import a qcow2/raw disk as a PlatformImage version")
+    imp.add_argument("file")
+    for field in ("publisher", "offer", "sku", "version"):
+        imp.add_argument(f"--{field}", required=True)
+    imp.add_argument("--replace", action="store_true", help="replace an already imported version")
+    imp.add_argument("--json", action="store_true")
+    lst = image.add_parser("list", help="list imported base images")
+    lst.add_argument("--json", action="store_true")
+
+    runs = sub.add_parser("runs", help="list recent runs")
+    runs.add_argument("--template", help="only runs of this template name")
+    runs.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="show one run (lastRunStatus and run outputs)")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true")
+    output = sub.add_parser("output", help="show a run output by runOutputName (latest run of a template)")
+    output.add_argument("template_name")
+    output.add_argument("run_output_name")
+    output.add_argument("--json", action="store_true")
+    cancel = sub.add_parser("cancel", help="cancel a running build")
+    cancel.add_argument("run_id")
+    logs = sub.add_parser("logs", help="print a run's customization.log")
+    logs.add_argument("run_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    want_json = "--json" in args_list
+    try:
+        args = build_parser().parse_args(args_list)
+        return _dispatch(args)
+    except OrchestratorError as exc:
+        _report_error(exc, want_json)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return int(ExitCode.CANCELED)
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say so plainly, traceback only on request
+        if debug:
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  hint: this is a bug in orchestrator; run again with --debug and report the traceback",
+              file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _report_error(exc: OrchestratorError, want_json: bool) -> None:
+    problems = exc.problems if isinstance(exc, TemplateInvalid) else []
+    if want_json:
+        print(json.dumps({"ok": False, "error": {
+            "kind": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exitCode": int(exc.exit_code),
+            "problems": [p.as_dict() for p in problems]}}, indent=2))
+        return
+    print(f"error: {exc.message}", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem.path}: {problem.message} [{problem.rule}]", file=sys.stderr)
+        if problem.hint:
+            print(f"      hint: {problem.hint}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from orchestrator import commands
+
+    config = load_config(args.home)
+    handler = getattr(commands, f"cmd_{args.command}")
+    return handler(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""One function per CLI verb: read arguments, call the engine or the core, print."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.core import model as m
+from orchestrator.core.document import load_document, parse_json
+from orchestrator.core.plan import ResolvedSource, make_plan
+from orchestrator.core.render import RenderContext, render_linux
+from orchestrator.errors import SourceNotFound, UsageError
+
+_STATE_COLUMNS = ("id", "template_name", "run_state", "run_sub_state", "message")
+
+
+def emit(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist", hint="check the path") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a directory", hint="give the path of a JSON file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path} is not UTF-8 text", hint="templates are JSON files") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def load_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if args.parameters:
+        data = parse_json(read_text(args.parameters, "parameters file"), args.parameters)
+        if isinstance(data, dict) and "parameters" in data:
+            data = data["parameters"]
+        if not isinstance(data, dict):
+            raise UsageError(f"{args.parameters} is not an ARM parameters file",
+                             hint='expected {"parameters": {"name": {"value": ...}}}')
+        for key, item in data.items():
+            values[key] = item["value"] if isinstance(item, dict) and "value" in item else item
+    for pair in args.param:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-p {pair!r} is not NAME=VALUE", hint="e.g. -p imageTemplateName=web")
+        values[key] = value
+    return values
+
+
+def load(args: argparse.Namespace) -> tuple[m.ImageTemplate, str, str]:
+    text = read_text(args.template, "template")
+    template = load_document(text, args.template, load_parameters(args))
+    name = getattr(args, "name", None) or template.name or Path(args.template).stem
+    return template, name, text
+
+
+def cmd_validate(args: argparse.Namespace, config: Config) -> int:
+    template, name, _ = load(args)
+    summary = {"ok": True, "name": name, "apiVersion": template.api_version, "osType": template.os_type,
+               "source": template.source.kind, "customizers": len(template.customize),
+               "targets": [t.run_output_name for t in template.distribute]}
+    if args.json:
+        emit({**summary, "problems": []})
+    else:
+        print(f"{args.template}: valid ({template.os_type}, {template.source.kind} source, "
+              f"{len(template.customize)} customizer(s), {len(template.distribute)} target(s))")
+    return 0
+
+
+def _plan_for_display(config: Config, template: m.ImageTemplate, name: str):
+    """A plan whose source is resolved if it can be; otherwise marked as not imported."""
+    from orchestrator.engine import Engine
+
+    engine = Engine(config)
+    source = template.source
+    try:
+        if isinstance(source, m.PlatformImageSource):
+            resolved = engine.catalog.resolve(source)
+        else:
+            raise SourceNotFound(f"{source.kind} sources are not resolved locally yet")
+    except SourceNotFound as exc:
+        resolved = ResolvedSource(description=f"{source.kind} (unresolved: {exc.message})",
+                                  path=str(config.images_dir / "unresolved.qcow2"), format="qcow2",
+                                  virtual_size=0, sha256="")
+    return make_plan(template, resolved, name)
+
+
+def cmd_plan(args: argparse.Namespace, config: Config) -> int:
+    template, name, _ = load(args)
+    plan = _plan_for_display(config, template, name)
+    if args.json:
+        emit(plan.to_dict())
+        return 0
+    print(f"template {name} ({plan.os_type})")
+    print(f"  source:   {plan.source.description}")
+    print(f"  build VM: {plan.vm_size} -> {plan.cpus} vCPU, {plan.memory_mib} MiB; disk {plan.disk_size_mib} MiB; "
+          f"timeout {plan.timeout_minutes} min")
+    print("  steps:")
+    for step in plan.steps:
+        what = (f"fetch {step.download.url} (sha256 {step.download.sha256 or 'not given'})"
+                if step.download else f"{len(step.inline)} inline command(s)" if step.inline else "")
+        dest = f" -> {step.destination}" if step.destination else ""
+        print(f"    {step.index}. {step.kind} {step.name!r} [{step.phase}] {what}{dest}")
+    print(f"    then: generalize ({plan.deprovision_command}, or {plan.deprovision_override} if a customizer wrote it)")
+    print("  targets:")
+    for target in plan.targets:
+        print(f"    {target.kind} {target.run_output_name!r}" + (f" -> {target.artifact_id}" if target.artifact_id else "")
+              + (f" -> {target.uri}" if target.uri else ""))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace, config: Config) -> int:
+    template, name, _ = load(args)
+    plan = _plan_for_display(config, template, name)
+    work = config.runs_dir / "render"
+    downloads = {d.url: str(config.cache_dir / "sha256" / (d.sha256 or "unverified")) for d in plan.downloads}
+    ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
+                        ssh_private_key=str(work / "id_ed25519"), ssh_public_key="ssh-ed25519 AAAA... render",
+                        accelerator=config.accelerator if config.accelerator != "auto" else "tcg",
+                        downloads=downloads)
+    if plan.os_type == "Windows":
+        from orchestrator.core.render_windows import render_windows
+
+        rendered = render_windows(plan, ctx)
+    else:
+        rendered = render_linux(plan, ctx)
+    if args.output:
+        Path(args.output).write_text(rendered.hcl)
+    else:
+        sys.stdout.write(rendered.hcl)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, config: Config) -> int:
+    from orchestrator.engine import Engine
+
+    template, name, text = load(args)
+    engine = Engine(config)
+    started = time.monotonic()
+
+    def progress(what: str) -> None:
+        if not args.json:
+            print(f"[{time.monotonic() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+    result = engine.build(template, name, text, str(Path(args.template).resolve()), progress, force=args.force)
+    if args.json:
+        emit({"ok": True, "runId": result.run_id, "runState": result.run_state, "reusedRun": result.reused_run,
+              "log": str(result.log_path), "runOutputs": result.outputs})
+        return 0
+    print(f"run {result.run_id}: {result.run_state} in {time.monotonic() - started:.0f} s"
+          + (f" (reused run {result.reused_run})" if result.reused_run else ""))
+    for output in result.outputs:
+        props = output["properties"]
+        print(f"  {output['name']}: {props.get('path', props.get('artifactId'))}")
+    print(f"  log: {result.log_path}")
+    return 0
+
+
+def cmd_image(args: argparse.Namespace, config: Config) -> int:
+    from orchestrator.engine import Engine
+
+    engine = Engine(config)
+    if args.image_command == "import":
+        record = engine.catalog.import_image(Path(args.file), args.publisher, args.offer, args.sku, args.version,
+                                             replace=args.replace)
+        if args.json:
+            emit(record.__dict__)
+        else:
+            print(f"imported {record.publisher}:{record.offer}:{record.sku}:{record.version} "
+                  f"({record.virtual_size // 2**20} MiB virtual) as {record.path}")
+        return 0
+    records = engine.state.images()
+    if args.json:
+        emit([r.__dict__ for r in records])
+    else:
+        for r in records:
+            print(f"{r.publisher}:{r.offer}:{r.sku}:{r.version}  {r.virtual_size // 2**20} MiB  {r.path}")
+    return 0
+
+
+def _store(config: Config):
+    from orchestrator.effects.state import StateStore
+
+    return StateStore(config.ensure().db_path)
+
+
+def _last_run_status(run: dict[str, Any]) -> dict[str, Any]:
+    def stamp(t: float | None) -> str | None:
+        return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    return {"startTime": stamp(run["start_time"]), "endTime": stamp(run["end_time"]), "runState": run["run_state"],
+            "runSubState": run["run_sub_state"], "message": run["message"] or ""}
+
+
+def cmd_runs(args: argparse.Namespace, config: Config) -> int:
+    runs = _store(config).runs(args.template)
+    if args.json:
+        emit([{"id": r["id"], "templateName": r["template_name"], "lastRunStatus": _last_run_status(r)} for r in runs])
+    else:
+        for r in runs:
+            print(f"{r['id']}  {r['template_name']}  {r['run_state']}/{r['run_sub_state']}  {r['message'] or ''}")
+    return 0
+
+
+def _get_run(config: Config, run_id: str) -> dict[str, Any]:
+    run = _store(config).run(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id!r}", hint="`orchestrate runs` lists them")
+    return run
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    run = _get_run(config, args.run_id)
+    data = {"id": run["id"], "templateName": run["template_name"], "source": run["source"],
+            "resolvedVersion": run["resolved_version"], "buildDigest": run["build_digest"],
+            "log": run["log_path"], "lastRunStatus": _last_run_status(run),
+            "runOutputs": _store(config).outputs(run["id"])}
+    if args.json:
+        emit(data)
+    else:
+        status = data["lastRunStatus"]
+        print(f"{run['id']} {run['template_name']}: {status['runState']} ({status['runSubState']}) {status['message']}")
+        for output in data["runOutputs"]:
+            print(f"  {output['name']}: {output['properties']['provisioningState']} {output['properties']['artifactUri'] or ''}")
+        print(f"  log: {run['log_path']}")
+    return 0
+
+
+def cmd_output(args: argparse.Namespace, config: Config) -> int:
+    output = _store(config).latest_output(args.template_name, args.run_output_name)
+    if output is None:
+        raise UsageError(f"no run output {args.run_output_name!r} for template {args.template_name!r}",
+                         hint="`orchestrate runs` lists the templates that ran")
+    if args.json:
+        emit(output)
+    else:
+        props = output["properties"]
+        print(f"{output['name']}: {props['provisioningState']} {props.get('artifactUri') or ''}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    run = _get_run(config, args.run_id)
+    if run["run_state"] != "Running" or not run["pid"]:
+        raise UsageError(f"run {args.run_id} is not running ({run['run_state']})")
+    store.update_run(args.run_id, run_state="Canceling")
+    try:
+        os.kill(run["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        store.finish_run(args.run_id, "Canceled", "the build process was gone")
+    print(f"cancel requested for {args.run_id}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, config: Config) -> int:
+    run = _get_run(config, args.run_id)
+    sys.stdout.write(read_text(run["log_path"], "log"))
+    return 0

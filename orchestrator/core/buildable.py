@@ -1,0 +1,44 @@
+"""What `orchestrate build` can build on this kind of host, as path-tagged problems.
+
+A template can be valid AIB and still ask for something the local build does not do yet;
+those are refused before anything starts, each with its JSON path.
+"""
+from __future__ import annotations
+
+from orchestrator.core import model as m
+from orchestrator.core.problems import Problem
+
+
+def build_problems(template: m.ImageTemplate) -> list[Problem]:
+    problems: list[Problem] = []
+    if template.os_type == "Windows":
+        problems.append(Problem("$.properties.source", "windows-build",
+                                "Windows images cannot be built by `orchestrate build` yet",
+                                "`orchestrate render` produces the WinRM Packer HCL; run it on a host with a Windows base image"))
+    if not isinstance(template.source, m.PlatformImageSource):
+        problems.append(Problem("$.properties.source.type", "source-not-buildable",
+                                f"{template.source.kind} sources cannot be built yet",
+                                "use a PlatformImage source resolved from the local catalog (`orchestrate image list`)"))
+    for index, target in enumerate(template.distribute):
+        path = f"$.properties.distribute[{index}]"
+        if not isinstance(target, m.VhdTarget):
+            problems.append(Problem(f"{path}.type", "target-not-buildable",
+                                    f"{target.kind} distribution is not supported by `orchestrate build` yet",
+                                    "distribute to a VHD ({\"type\": \"VHD\", \"runOutputName\": ...})"))
+        elif target.uri and not (target.uri.startswith("/") or target.uri.lower().startswith("file://")):
+            problems.append(Problem(f"{path}.uri", "vhd-uri",
+                                    f"`{target.uri}` is not a local path: on-prem a VHD is written to this host",
+                                    "use file:///path/to/image.vhd or an absolute path, or drop uri"))
+    for index, customizer in enumerate(template.customize):
+        if template.os_type == "Linux" and not isinstance(customizer, (m.ShellCustomizer, m.FileCustomizer)):
+            problems.append(Problem(f"$.properties.customize[{index}].type", "customizer-not-buildable",
+                                    f"{customizer.kind} customizers are not supported for Linux builds",
+                                    "use Shell or File customizers"))
+    if template.validate and template.validate.in_vm_validations and template.os_type == "Linux":
+        for index, check in enumerate(template.validate.in_vm_validations):
+            if not isinstance(check, m.ShellCustomizer):
+                problems.append(Problem(f"$.properties.validate.inVMValidations[{index}].type",
+                                        "validation-not-buildable",
+                                        f"{check.kind} validations are not supported for Linux builds",
+                                        "use Shell validations"))
+    return problems

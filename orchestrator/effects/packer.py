@@ -1,0 +1,173 @@
+"""Runs `packer build`: streams every line to the run log tagged with the step it belongs to,
+enforces the build deadline, honours cancel, and leaves no QEMU behind."""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from orchestrator.core.render import ProvisionerBlock
+from orchestrator.effects.runlog import RunLog
+from orchestrator.errors import EnvironmentProblem
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+GRACE_SECONDS = 30.0
+
+
+@dataclass
+class PackerResult:
+    exit_code: int | None
+    timed_out: bool = False
+    canceled: bool = False
+    last_source: str = "packer"
+    errors: list[str] = field(default_factory=list)
+
+
+def packer_env(cache_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "CHECKPOINT_DISABLE": "1",  # no version check over the network
+        "PACKER_NO_COLOR": "1",
+        "PACKER_CACHE_DIR": str(cache_dir),
+        "PACKER_PLUGIN_PATH": str(cache_dir / "plugins"),
+    })
+    return env
+
+
+def validate(packer: str, hcl_path: Path, cache_dir: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([packer, "validate", str(hcl_path)], capture_output=True, text=True,
+                              env=packer_env(cache_dir), cwd=hcl_path.parent, timeout=120)
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem("Packer is not installed", hint="run scripts/setup-host.sh as root") from exc
+
+
+class SourceTracker:
+    """Maps Packer's output lines to the customizer (or phase) they belong to."""
+
+    def __init__(self, blocks: Sequence[ProvisionerBlock]) -> None:
+        self.blocks = blocks
+        self.current = "packer"
+
+    def feed(self, line: str) -> str | None:
+        """Returns the new source when this line starts one, else None."""
+        if "Provisioning with" in line or "Uploading" in line:
+            for block in self.blocks:
+                if any(key in line for key in block.log_keys):
+                    if block.source != self.current:
+                        self.current = block.source
+                        return block.source
+                    return None
+        for marker, source in (("Gracefully halting", "shutdown"), ("Builds finished", "packer"),
+                               ("Build 'qemu", "packer")):
+            if marker in line and self.current != source:
+                self.current = source
+                return source
+        return None
+
+
+def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[ProvisionerBlock], *,
+               deadline: float, cancel: threading.Event, cache_dir: Path, vm_marker: str,
+               on_source: Callable[[str], None] = lambda s: None,
+               on_line: Callable[[str, str], None] = lambda s, l: None) -> PackerResult:
+    argv = [packer, "build", "-color=false", "-on-error=cleanup", str(hcl_path)]
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=packer_env(cache_dir), cwd=hcl_path.parent, start_new_session=True,
+                                text=True, errors="replace", bufsize=1)
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem("Packer is not installed", hint="run scripts/setup-host.sh as root") from exc
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.put(raw)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    tracker = SourceTracker(blocks)
+    result = PackerResult(exit_code=None)
+    stopping_since: float | None = None
+    while True:
+        if stopping_since is None and (time.monotonic() >= deadline or cancel.is_set()):
+            result.timed_out = not cancel.is_set()
+            result.canceled = cancel.is_set()
+            reason = "build timeout reached" if result.timed_out else "cancel requested"
+            log.write("orchestrator", f"{reason}: stopping Packer (it cleans up the build VM)")
+            _signal_group(proc, signal.SIGINT)
+            stopping_since = time.monotonic()
+        if stopping_since is not None and time.monotonic() - stopping_since > GRACE_SECONDS:
+            log.write("orchestrator", f"Packer did not stop within {GRACE_SECONDS:.0f} s: killing it")
+            _signal_group(proc, signal.SIGKILL)
+            stopping_since = float("inf")  # killed; wait for the pipe to close
+        try:
+            raw = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if raw is None:
+            break
+        line = _ANSI.sub("", raw.rstrip("\n"))
+        started = tracker.feed(line)
+        if started:
+            on_source(started)
+        log.write(tracker.current, line)
+        on_line(tracker.current, line)
+        if "errored" in line or line.startswith("==> qemu: Error") or "Script exited with non-zero" in line:
+            result.errors.append(line.strip())
+    result.exit_code = proc.wait()
+    result.last_source = tracker.current
+    killed = kill_leftover_qemu(vm_marker)
+    if killed:
+        log.write("orchestrator", f"killed {killed} leftover QEMU process(es) of this build")
+    return result
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def qemu_pids(marker: str) -> list[int]:
+    """PIDs of QEMU processes whose command line holds `marker` (a path unique to the run)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_leftover_qemu(marker: str) -> int:
+    pids = qemu_pids(marker)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)  # not ours to wait() on: QEMU is Packer's child
+    return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -1,0 +1,31 @@
+"""The run's customization.log: every line with a UTC timestamp and its source."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+
+class RunLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle: TextIO = open(path, "a", encoding="utf-8", errors="replace")
+        self._lock = threading.Lock()
+
+    def write(self, source: str, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        with self._lock:
+            self._handle.write(f"{stamp} [{source}] {line.rstrip()}\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
