@@ -157,17 +157,16 @@ class Engine:
         if result.timed_out:
             raise BuildTimeout(
                 f"the build timed out after buildTimeoutInMinutes ({plan.timeout_minutes} min) "
-                f"while in {result.last_source}: context deadline exceeded",
+                f"during {_describe(result.last_phase)}: context deadline exceeded",
                 hint="raise buildTimeoutInMinutes (at most 960), or see customization.log for the slow step")
         if result.canceled:
-            raise Canceled(f"the build was canceled while in {result.last_source}")
+            raise Canceled(f"the build was canceled during {_describe(result.last_phase)}")
         if result.exit_code != 0:
             detail = "; ".join(result.errors[-2:]) or f"packer exited with {result.exit_code}"
-            if result.last_source.startswith(("customizer:", "validation:")):
-                kind, step = result.last_source.split(":", 1)
-                raise CustomizerFailed(f"{kind} {step!r} failed: {detail}",
-                                       hint=f"see the [{result.last_source}] lines in {log.path}")
-            raise BuildFailed(f"the build failed during {result.last_source}: {detail}",
+            if result.last_phase.startswith(("customizer:", "validation:")):
+                raise CustomizerFailed(f"{_describe(result.last_phase)} failed: {detail}",
+                                       hint=f"see the [{result.last_phase}] lines in {log.path}")
+            raise BuildFailed(f"the build failed during {_describe(result.last_phase)}: {detail}",
                               hint=f"see {log.path}")
         disk = work / "packer-output" / "disk.qcow2"
         if not disk.is_file():
@@ -221,6 +220,15 @@ class Engine:
     def _sub_state(self, run_id: str, sub_state: str, progress: Progress, what: str) -> None:
         self.state.update_run(run_id, run_sub_state=sub_state)
         progress(what)
+
+
+def _describe(phase: str) -> str:
+    if phase == "boot":
+        return "boot of the build VM (waiting for SSH)"
+    if ":" in phase:
+        kind, name = phase.split(":", 1)
+        return f"{kind} {name!r}"
+    return phase
 
 
 def vhd_destination(config: Config, name: str, target: TargetPlan, run_id: str) -> Path:

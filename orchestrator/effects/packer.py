@@ -26,7 +26,7 @@ class PackerResult:
     exit_code: int | None
     timed_out: bool = False
     canceled: bool = False
-    last_source: str = "packer"
+    last_phase: str = "boot"
     errors: list[str] = field(default_factory=list)
 
 
@@ -54,7 +54,8 @@ class SourceTracker:
 
     def __init__(self, blocks: Sequence[ProvisionerBlock]) -> None:
         self.blocks = blocks
-        self.current = "packer"
+        self.current = "packer"  # the source of the line being logged
+        self.phase = "boot"  # the last step that started: what a failure or timeout interrupted
 
     def feed(self, line: str) -> str | None:
         """Returns the new source when this line starts one, else None."""
@@ -62,14 +63,14 @@ class SourceTracker:
             for block in self.blocks:
                 if any(key in line for key in block.log_keys):
                     if block.source != self.current:
-                        self.current = block.source
+                        self.current = self.phase = block.source
                         return block.source
                     return None
-        for marker, source in (("Gracefully halting", "shutdown"), ("Builds finished", "packer"),
-                               ("Build 'qemu", "packer")):
-            if marker in line and self.current != source:
-                self.current = source
-                return source
+        if "Gracefully halting" in line and self.current != "shutdown":
+            self.current = self.phase = "shutdown"
+            return "shutdown"
+        if line.startswith(("Build '", "==> Wait completed")):
+            self.current = "packer"  # Packer's summary, not the step's output
         return None
 
 
@@ -123,7 +124,7 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
         if "errored" in line or line.startswith("==> qemu: Error") or "Script exited with non-zero" in line:
             result.errors.append(line.strip())
     result.exit_code = proc.wait()
-    result.last_source = tracker.current
+    result.last_phase = tracker.phase
     killed = kill_leftover_qemu(vm_marker)
     if killed:
         log.write("orchestrator", f"killed {killed} leftover QEMU process(es) of this build")
