@@ -1,0 +1,196 @@
+"""Real builds: Packer + QEMU (TCG here) from the imported Debian 12 base image to a fixed VHD,
+then the VHD is opened and its contents checked. Each build takes one to two minutes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.core.document import load_document
+from orchestrator.engine import Engine
+from orchestrator.effects.packer import qemu_pids
+from orchestrator.effects.state import StateStore
+from orchestrator.errors import ExitCode
+from tests.helpers import dumps, linux_template
+from tests.vhd_inspect import MIB, Ext4Image, footer
+
+pytestmark = pytest.mark.integration
+
+HOSTILE_LINE = "literal: ${HOME} %{x} {{ .Path }} {{user `v`}} \"dq\" 'sq' \\b"
+SCRIPT = b"#!/bin/sh\nset -e\necho from-script-uri | sudo tee /etc/orchestrator-script.txt\n"
+
+
+def _listening_addresses(pid: int) -> set[str]:
+    """Local addresses of the TCP sockets a process listens on (from /proc, in hex)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                found.add(fields[1].split(":")[0])
+    return found
+
+
+def _run_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ORCHESTRATOR_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env,
+                          timeout=1800)
+
+
+def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_root):
+    root, url = http_root
+    (root / "setup.sh").write_bytes(SCRIPT)
+    (root / "page.html").write_text("<p>hello from the File customizer</p>\n")
+    data = linux_template(vmProfile={"vmSize": "Standard_B2s", "osDiskSizeGB": 4}, customize=[
+        {"type": "Shell", "name": "inlineStep", "inline": [
+            "sudo mkdir -p /opt/marker",
+            f"printf '%s\\n' {_sh_quote(HOSTILE_LINE)} | sudo tee /opt/marker/hostile.txt",
+        ]},
+        {"type": "Shell", "name": "scriptStep", "scriptUri": f"{url}/setup.sh",
+         "sha256Checksum": hashlib.sha256(SCRIPT).hexdigest()},
+        {"type": "File", "name": "fileStep", "sourceUri": f"{url}/page.html", "destination": "/tmp/page.html"},
+        {"type": "Shell", "name": "placeStep", "inline": ["sudo cp /tmp/page.html /opt/marker/page.html"]},
+    ])
+    text = dumps(data)
+    template = load_document(text, "e2e")
+    engine = Engine(imported_home)
+    seen: list[str] = []
+    listening: dict[int, set[str]] = {}
+
+    def progress(what: str) -> None:
+        seen.append(what)
+        if what.startswith("customizer 'inlineStep'"):  # the VM is up: inspect its sockets
+            for pid in qemu_pids(str(imported_home.runs_dir)):
+                listening[pid] = _listening_addresses(pid)
+
+    result = engine.build(template, "e2e", text, None, progress)
+    assert result.run_state == "Succeeded"
+    assert listening and all(addrs == {"0100007F"} for addrs in listening.values()), listening
+    assert [s.split(" (")[0] for s in seen if s.startswith("customizer")] == [
+        "customizer 'inlineStep'", "customizer 'scriptStep'", "customizer 'fileStep'", "customizer 'placeStep'"]
+
+    [output] = result.outputs
+    props = output["properties"]
+    vhd = Path(props["path"])
+    assert output["name"] == "vhd" and props["provisioningState"] == "Succeeded"
+    assert props["sha256"] == hashlib.sha256(vhd.read_bytes()).hexdigest()
+    foot = footer(vhd)
+    assert foot["cookie"] == b"conectix" and foot["disk_type"] == 2
+    assert foot["current_size"] == 4096 * MIB == props["sizeBytes"]
+    assert vhd.stat().st_size == foot["current_size"] + 512
+    assert not list(vhd.parent.glob(".*part*"))
+
+    image = Ext4Image(vhd)
+    assert image.read("/opt/marker/hostile.txt").decode() == HOSTILE_LINE + "\n"
+    assert image.read("/etc/orchestrator-script.txt") == b"from-script-uri\n"
+    assert image.read("/opt/marker/page.html") == b"<p>hello from the File customizer</p>\n"
+    # generalized and clean
+    assert b"packer:" not in image.read("/etc/passwd")
+    assert not image.exists("/home/packer")
+    assert not [n for n in image.listdir("/etc/ssh") if n.startswith("ssh_host_")]
+    assert image.read("/etc/machine-id") == b""
+    assert not image.exists("/var/lib/cloud/instances")
+    assert not image.exists("/etc/sudoers.d/90-cloud-init-users")
+
+    log = result.log_path.read_text()
+    assert "[customizer:scriptStep]" in log and "[customizer:fileStep]" in log
+    assert "[orchestrator] generalize: running default: /usr/sbin/waagent -force -deprovision+user" in log
+    assert "sha256 verified" in log
+    assert qemu_pids(str(imported_home.runs_dir)) == []
+
+    # Nothing changed: the second build reuses the first one's VHD without booting a VM.
+    again = engine.build(load_document(text, "e2e"), "e2e", text, None)
+    assert again.reused_run == result.run_id
+    assert again.outputs[0]["properties"]["path"] == str(vhd)
+    assert "Starting VM" not in again.log_path.read_text()
+
+
+def test_deprovisioning_script_override(tmp_path, imported_home):
+    data = linux_template(customize=[{"type": "Shell", "name": "writeOverride", "inline": [
+        "printf '#!/bin/sh\\necho override-ran > /etc/orchestrator-override.txt\\n' > /tmp/DeprovisioningScript.sh",
+    ]}])
+    home = imported_home.home
+    path = tmp_path / "override.json"
+    path.write_text(dumps(data))
+    result = _run_cli("build", "--json", str(path), home=home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    payload = json.loads(result.stdout)
+    vhd = Path(payload["runOutputs"][0]["properties"]["path"])
+    image = Ext4Image(vhd)
+    assert image.read("/etc/orchestrator-override.txt") == b"override-ran\n"
+    assert not image.exists("/home/packer")
+    log = Path(payload["log"]).read_text()
+    assert "generalize: running /tmp/DeprovisioningScript.sh (written by a customizer)" in log
+    assert "running default" not in log
+
+
+def test_failing_customizer_names_itself(tmp_path, imported_home):
+    data = linux_template(customize=[
+        {"type": "Shell", "name": "fine", "inline": ["echo fine"]},
+        {"type": "Shell", "name": "breakMe", "inline": ["echo about to fail", "exit 3"]},
+        {"type": "Shell", "name": "never", "inline": ["echo never-runs"]},
+    ])
+    path = tmp_path / "fail.json"
+    path.write_text(dumps(data))
+    home = imported_home.home
+    result = _run_cli("build", str(path), home=home)
+    assert result.returncode == ExitCode.CUSTOMIZER_FAILED, result.stderr
+    assert "customizer 'breakMe' failed" in result.stderr and "Traceback" not in result.stderr
+    [run] = StateStore(imported_home.db_path).runs()
+    assert run["run_state"] == "Failed" and "breakMe" in run["message"]
+    log = Path(run["log_path"]).read_text()
+    assert "[customizer:breakMe]" in log and "about to fail" in log
+    assert "never-runs" not in log.replace("echo never-runs", "")
+    assert not list(imported_home.artifacts_dir.rglob("*.vhd"))
+    assert qemu_pids(str(imported_home.runs_dir)) == []
+
+
+def test_timeout_kills_the_build_and_leaves_no_qemu(tmp_path, imported_home):
+    data = linux_template(buildTimeoutInMinutes=1, customize=[
+        {"type": "Shell", "name": "slow", "inline": ["sleep 600"]}])
+    path = tmp_path / "slow.json"
+    path.write_text(dumps(data))
+    started = time.monotonic()
+    result = _run_cli("build", str(path), home=imported_home.home)
+    elapsed = time.monotonic() - started
+    assert result.returncode == ExitCode.TIMEOUT, result.stderr
+    assert "timed out after buildTimeoutInMinutes (1 min)" in result.stderr
+    assert "context deadline exceeded" in result.stderr
+    assert elapsed < 60 + 45, elapsed
+    assert qemu_pids(str(imported_home.runs_dir)) == []
+    [run] = StateStore(imported_home.db_path).runs()
+    assert run["run_state"] == "Failed"
+
+
+def test_checksum_mismatch_fails_before_boot(tmp_path, imported_home, http_root):
+    root, url = http_root
+    (root / "s.sh").write_bytes(b"echo changed\n")
+    data = linux_template(customize=[{"type": "Shell", "name": "pinned", "scriptUri": f"{url}/s.sh",
+                                      "sha256Checksum": "f" * 64}])
+    path = tmp_path / "sum.json"
+    path.write_text(dumps(data))
+    result = _run_cli("build", str(path), home=imported_home.home)
+    assert result.returncode == ExitCode.DOWNLOAD_FAILED
+    assert "f" * 64 in result.stderr and hashlib.sha256(b"echo changed\n").hexdigest() in result.stderr
+    [run] = StateStore(imported_home.db_path).runs()
+    log = Path(run["log_path"]).read_text()
+    assert "Starting VM" not in log and "[packer]" not in log
+    assert run["run_state"] == "Failed"
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
