@@ -35,6 +35,9 @@
 # * cloud-init 22.4 on minbase: `locale: false` (no locales package, so
 #   update-locale would fail) and `manage_etc_hosts: true` (else sudo warns
 #   "unable to resolve host" after cloud-init sets the hostname).
+#   cloud-init 22.4's schema wants a string for `locale`, so its log carries one
+#   harmless "Invalid cloud-config provided" WARNING; `cloud-init status` is
+#   still "done" with exit code 0.
 #   Its network configuration is disabled: ifupdown's eth0 stanza is the single
 #   source of network config (no duplicate dhclient from a 50-cloud-init file,
 #   and the network still comes up if cloud-init is disabled later).
@@ -42,6 +45,9 @@
 #   ssh.service) creates them on first boot; a drop-in runs `ssh-keygen -A`
 #   before sshd as a fallback (e.g. after waagent -deprovision deleted them and
 #   cloud-init does not run).
+# * The initramfs was built before /etc/fstab existed, so it prints "fsck not
+#   present, so skipping root file system"; root is mounted `ro` and
+#   systemd-fsck-root checks it before the remount rw instead.
 # * /etc/machine-id is empty so that every VM made from the image gets its own
 #   id on first boot (systemd's "first boot" semantics).
 set -euo pipefail
@@ -205,6 +211,14 @@ manage_etc_hosts: true
 # eth0 is configured by ifupdown (/etc/network/interfaces.d/eth0).
 network:
   config: disabled
+# Keep the sources.list written at build time (the build's mirror).
+apt:
+  preserve_sources_list: true
+# The image boots with extlinux: there is no GRUB debconf to seed (saves ~4 s).
+grub_dpkg:
+  enabled: false
+# No DSA host key (sshd does not load it anyway).
+ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 CFG
 
 # sshd: keys are generated at first boot (cloud-init's ssh module); fall back to

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# setup-host.sh - make this Debian 12 machine a build host, idempotently (fast when done):
+#   1. Debian packages: Packer 1.6.6, QEMU, qemu-img, xorriso (cloud-init seed ISO),
+#      debootstrap + extlinux (base image), fdisk/e2fsprogs (tests read the built VHD).
+#   2. The orchestrator package in a virtualenv at .venv, `orchestrate` on PATH.
+#   3. A Debian 12 base image imported as PlatformImage Debian:debian-12:12, built with
+#      debootstrap only if none is imported yet.
+# Usage: scripts/setup-host.sh            (as root)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages and builds a disk image with loop devices)"
+
+packages=(packer qemu-system-x86 qemu-utils xorriso debootstrap fdisk extlinux syslinux-common
+          e2fsprogs dosfstools python3 python3-venv ca-certificates)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv"
+    python3 -m venv "$venv"
+fi
+stamp="$venv/.installed-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    say "installing the orchestrator package and test tools"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+    touch "$stamp"
+fi
+ln -sf "$venv/bin/orchestrate" /usr/local/bin/orchestrate
+
+if orchestrate image list --json | "$venv/bin/python" -c '
+import json, sys
+images = json.load(sys.stdin)
+sys.exit(0 if any(i["publisher"].lower() == "debian" and i["offer"] == "debian-12" and i["sku"] == "12" for i in images) else 1)'
+then
+    say "base image Debian:debian-12:12 already imported"
+else
+    home=$(orchestrate image list --json >/dev/null; "$venv/bin/python" -c 'from orchestrator.config import default_home; print(default_home())')
+    out="$home/base-build/debian-12.qcow2"
+    mkdir -p "$(dirname "$out")"
+    say "building the Debian 12 base image (debootstrap, about 2 minutes)"
+    "$here/scripts/build-base-image.sh" "$out"
+    orchestrate image import "$out" --publisher Debian --offer debian-12 --sku 12 --version "0.$(date -u +%Y%m%d).0"
+    rm -f "$out"  # the catalog keeps its own link to the file
+fi
+say "ready: $(packer version | head -1), $(qemu-system-x86_64 --version | head -1)"
