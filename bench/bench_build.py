@@ -1,0 +1,98 @@
+"""Times `orchestrate build` against `packer build` of the equivalent hand-written HCL
+(bench/handwritten.pkr.hcl) plus the same qemu-img VHD conversion, on the same base image,
+one after the other. Prints both times and the ratio (target: <= 1.05).
+
+Usage: .venv/bin/python bench/bench_build.py        (as root, after scripts/setup-host.sh)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.config import default_home  # noqa: E402
+from orchestrator.core.render import cloud_init_user_data  # noqa: E402
+from orchestrator.effects.sshkeys import make_key_pair  # noqa: E402
+from orchestrator.effects.state import StateStore  # noqa: E402
+
+SCRIPT = "#!/bin/sh\nset -e\necho script | sudo tee /opt/bench/script.txt\n"
+PAGE = "<p>bench</p>\n"
+
+
+def template(files: Path) -> dict:
+    return {
+        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "local",
+        "properties": {
+            "vmProfile": {"vmSize": "Standard_B2s", "osDiskSizeGB": 4},  # 2 vCPU, 4 GiB, as the HCL
+            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12",
+                       "version": "latest"},
+            "customize": [
+                {"type": "Shell", "name": "inline", "inline": [
+                    "sudo mkdir -p /opt/bench", "echo inline | sudo tee /opt/bench/inline.txt"]},
+                {"type": "Shell", "name": "script", "scriptUri": (files / "setup.sh").as_uri(),
+                 "sha256Checksum": hashlib.sha256(SCRIPT.encode()).hexdigest()},
+                {"type": "File", "name": "file", "sourceUri": (files / "page.html").as_uri(),
+                 "destination": "/tmp/page.html"},
+                {"type": "Shell", "name": "place", "inline": ["sudo cp /tmp/page.html /opt/bench/page.html"]},
+            ],
+            "distribute": [{"type": "VHD", "runOutputName": "bench"}],
+        },
+    }
+
+
+def main() -> int:
+    records = StateStore(default_home() / "state.db").images("Debian", "debian-12", "12")
+    if not records:
+        print("no Debian 12 base image imported: run scripts/setup-host.sh first", file=sys.stderr)
+        return 1
+    base = records[-1].path
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        files = work / "files"
+        files.mkdir()
+        (files / "setup.sh").write_text(SCRIPT)
+        (files / "page.html").write_text(PAGE)
+        env = dict(os.environ, ORCHESTRATOR_HOME=str(work / "home"), ORCHESTRATOR_ACCELERATOR="tcg",
+                   CHECKPOINT_DISABLE="1")
+        orchestrate = [sys.executable, "-m", "orchestrator"]
+        subprocess.run(orchestrate + ["image", "import", base, "--publisher", "Debian", "--offer", "debian-12",
+                                      "--sku", "12", "--version", "1.0.0"], check=True, env=env,
+                       capture_output=True)
+        (work / "t.json").write_text(json.dumps(template(files)))
+
+        started = time.monotonic()
+        subprocess.run(orchestrate + ["build", "--force", "--json", str(work / "t.json")], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        ours = time.monotonic() - started
+
+        seed = work / "seed"
+        seed.mkdir()
+        key, public = make_key_pair(work, "bench")
+        (seed / "meta-data").write_text("instance-id: bench\n")
+        (seed / "user-data").write_text(cloud_init_user_data(public))
+        started = time.monotonic()
+        subprocess.run(["packer", "build", "-color=false",
+                        "-var", f"base_image={base}", "-var", f"output_dir={work / 'out'}",
+                        "-var", f"ssh_key={key}", "-var", f"seed_dir={seed}", "-var", f"files_dir={files}",
+                        str(HERE / "handwritten.pkr.hcl")], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["qemu-img", "convert", "-O", "vpc", "-o", "subformat=fixed,force_size",
+                        str(work / "out" / "disk.qcow2"), str(work / "hand.vhd")], check=True)
+        theirs = time.monotonic() - started
+
+    print(f"orchestrate build:              {ours:7.1f} s")
+    print(f"packer build + qemu-img (hand): {theirs:7.1f} s")
+    print(f"ratio:                          {ours / theirs:7.3f}  (target <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
