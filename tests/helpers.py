@@ -34,3 +34,20 @@ def linux_template(**properties: Any) -> dict[str, Any]:
 
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=2)
+
+
+DATA = __import__("pathlib").Path(__file__).resolve().parent / "data"
+SAMPLES_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "aib-samples" / "azure"
+
+
+def sample_parameters() -> dict[str, Any]:
+    """The ARM parameter values of tests/data/sample-parameters.json, unwrapped."""
+    data = json.loads((DATA / "sample-parameters.json").read_text())["parameters"]
+    return {name: item["value"] for name, item in data.items()}
+
+
+def fill_placeholders(text: str) -> str:
+    """Replaces every `<placeholder>` of the public samples with a value from tests/data."""
+    for placeholder, value in json.loads((DATA / "placeholders.json").read_text()).items():
+        text = text.replace(placeholder, value)
+    return text

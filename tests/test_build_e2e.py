@@ -194,3 +194,32 @@ def test_checksum_mismatch_fails_before_boot(tmp_path, imported_home, http_root)
 
 def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def test_cancel_stops_a_running_build(tmp_path, imported_home):
+    data = linux_template(customize=[{"type": "Shell", "name": "slow", "inline": ["sleep 600"]}])
+    path = tmp_path / "cancel.json"
+    path.write_text(dumps(data))
+    env = dict(os.environ, ORCHESTRATOR_HOME=str(imported_home.home))
+    build = subprocess.Popen([sys.executable, "-m", "orchestrator", "build", str(path)], stderr=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert build.stderr is not None
+        for line in build.stderr:  # the CLI prints each phase as it starts
+            if "customizer 'slow'" in line:
+                break
+        else:
+            pytest.fail("the build ended before its customizer started")
+        [run] = StateStore(imported_home.db_path).runs()
+        assert run["run_state"] == "Running" and run["run_sub_state"] == "Customizing"
+        cancel = _run_cli("cancel", run["id"], home=imported_home.home)
+        assert cancel.returncode == 0, cancel.stderr
+        rest = build.stderr.read()
+        assert build.wait(timeout=120) == ExitCode.CANCELED, rest
+    finally:
+        build.kill()
+    assert "canceled during customizer 'slow'" in rest
+    [run] = StateStore(imported_home.db_path).runs()
+    assert run["run_state"] == "Canceled" and run["end_time"] is not None
+    assert qemu_pids(str(imported_home.runs_dir)) == []
+    assert not list(imported_home.artifacts_dir.rglob("*.vhd"))
