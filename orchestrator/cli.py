@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     template_command("validate", "check a template and report every problem")
     template_command("plan", "show what would be built, without building")
     render = template_command("render", "print the Packer HCL for a template")
-    render.add_argument("-o", "--output", help="write the HCL to this file instead of stdout")
+    render.add_argument("-o", "--output", metavar="DIR",
+                        help="write build.pkr.hcl and every file it references into DIR")
     build = template_command("build", "build a template to its distribution targets")
     build.add_argument("--force", action="store_true", help="build even if an identical build already succeeded")
     build.add_argument("--name", help="template name for state and outputs (default: the file name)")

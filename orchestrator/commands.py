@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.config import Config
 from orchestrator.core import model as m
-from orchestrator.core.document import load_document, parse_json
+from orchestrator.core.document import is_trigger, load_document, load_trigger, parse_json
 from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.errors import SourceNotFound, UsageError
@@ -58,12 +58,24 @@ def load_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def load(args: argparse.Namespace) -> tuple[m.ImageTemplate, str, str]:
     text = read_text(args.template, "template")
+    if is_trigger(parse_json(text, args.template)):
+        raise UsageError(f"{args.template} is an image template trigger, not an image template",
+                         hint="`orchestrate validate` checks it; builds run from the template itself "
+                              "(a rebuild happens when a newer source image is imported)")
     template = load_document(text, args.template, load_parameters(args))
     name = getattr(args, "name", None) or template.name or Path(args.template).stem
     return template, name, text
 
 
 def cmd_validate(args: argparse.Namespace, config: Config) -> int:
+    text = read_text(args.template, "template")
+    if is_trigger(parse_json(text, args.template)):
+        trigger = load_trigger(text, args.template)
+        if args.json:
+            emit({"ok": True, "trigger": trigger.kind, "problems": []})
+        else:
+            print(f"{args.template}: valid {trigger.kind} trigger (a newer imported source image triggers a rebuild)")
+        return 0
     template, name, _ = load(args)
     summary = {"ok": True, "name": name, "apiVersion": template.api_version, "osType": template.os_type,
                "source": template.source.kind, "customizers": len(template.customize),
@@ -119,12 +131,22 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_render(args: argparse.Namespace, config: Config) -> int:
+    """Prints the HCL, or with -o DIR writes it with every file it references (step scripts,
+    cloud-init seed, a key pair) so that `packer validate DIR/build.pkr.hcl` runs as is.
+    Downloads are not fetched: their paths are where `orchestrate build` caches them."""
+    from orchestrator.effects.files import write_atomic
+    from orchestrator.effects.sshkeys import make_key_pair
+
     template, name, _ = load(args)
     plan = _plan_for_display(config, template, name)
-    work = config.runs_dir / "render"
-    downloads = {d.url: str(config.cache_dir / "sha256" / (d.sha256 or "unverified")) for d in plan.downloads}
+    work = Path(args.output).resolve() if args.output else config.runs_dir / "render"
+    downloads = {d.url: str(config.cache_dir / "sha256" / (d.sha256 or f"unverified-{_url_key(d.url)}"))
+                 for d in plan.downloads}
+    public_key = "ssh-ed25519 AAAA-not-written render"
+    if args.output:
+        _, public_key = make_key_pair(work, f"orchestrator-render-{name}")
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
-                        ssh_private_key=str(work / "id_ed25519"), ssh_public_key="ssh-ed25519 AAAA... render",
+                        ssh_private_key=str(work / "id_ed25519"), ssh_public_key=public_key,
                         accelerator=config.accelerator if config.accelerator != "auto" else "tcg",
                         downloads=downloads)
     if plan.os_type == "Windows":
@@ -133,11 +155,20 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
         rendered = render_windows(plan, ctx)
     else:
         rendered = render_linux(plan, ctx)
-    if args.output:
-        Path(args.output).write_text(rendered.hcl)
-    else:
+    if not args.output:
         sys.stdout.write(rendered.hcl)
+        return 0
+    for rel, content in rendered.files.items():
+        write_atomic(work / rel, content, mode=0o755 if rel.endswith((".sh", ".ps1")) else 0o644)
+    write_atomic(work / "build.pkr.hcl", rendered.hcl)
+    print(work / "build.pkr.hcl")
     return 0
+
+
+def _url_key(url: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def cmd_build(args: argparse.Namespace, config: Config) -> int:

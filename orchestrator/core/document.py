@@ -6,7 +6,8 @@ from typing import Any
 
 from orchestrator.core import model as m
 from orchestrator.core.problems import Problem
-from orchestrator.core.template import load_template
+from orchestrator.core.reader import ObjectReader
+from orchestrator.core.template import find_placeholders, load_template
 from orchestrator.errors import TemplateInvalid
 
 
@@ -31,6 +32,45 @@ def load_document(text: str, source: str, parameters: dict[str, Any] | None = No
                                        "template, not an ARM deployment template",
                                        "drop the parameters, or wrap the template in an ARM deployment")], source)
     return load_template(data, source)
+
+
+TRIGGER_TYPE = "microsoft.virtualmachineimages/imagetemplates/triggers"
+
+
+def is_trigger(data: Any) -> bool:
+    """An imageTemplates/triggers resource body: {"properties": {"kind": "SourceImage"}}."""
+    if not isinstance(data, dict):
+        return False
+    kind = str(data.get("type", "")).lower()
+    props = data.get("properties")
+    return kind == TRIGGER_TYPE or (isinstance(props, dict) and "kind" in props and "source" not in props)
+
+
+def load_trigger(text: str, source: str) -> m.Trigger:
+    """Validates a trigger. On-prem, a SourceImage trigger means: build again when a newer
+    source image is imported, which `orchestrate build` already does by content digest."""
+    data = parse_json(text, source)
+    problems: list[Problem] = []
+    root = ObjectReader(data, "$", problems)
+    kind = root.string("type")
+    if kind is not None and kind.lower() != TRIGGER_TYPE:
+        root.problem("type", "resource-type", f"`{kind}` is not an image template trigger")
+    location = root.string("location")
+    root.ignore("name", "apiVersion", "id")
+    props = root.object("properties", required=True)
+    root.finish()
+    trigger_kind = None
+    if props is not None:
+        trigger_kind = props.string("kind", required=True)
+        if trigger_kind is not None and trigger_kind.lower() != "sourceimage":
+            props.problem("kind", "trigger-kind", f"`{trigger_kind}` is not a trigger kind",
+                          "AIB supports \"SourceImage\" triggers")
+        props.ignore("status", "provisioningState", "provisioningError")
+        props.finish()
+    problems.extend(find_placeholders(data, "$"))
+    if problems or trigger_kind is None:
+        raise TemplateInvalid(problems, source)
+    return m.Trigger(kind="SourceImage", location=location)
 
 
 def _is_arm_deployment(data: dict[str, Any]) -> bool:

@@ -206,3 +206,11 @@ class ImageTemplate:
     error_handling: ErrorHandling = field(default_factory=ErrorHandling)
     staging_resource_group: str | None = None
     os_type: str = "Linux"  # "Linux" or "Windows", inferred from source and customizers
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """An imageTemplates/triggers resource: rebuild when the source image changes."""
+
+    kind: str
+    location: str | None = None
