@@ -64,6 +64,20 @@ INCLUDES=python3-cffi-backend,dbus,systemd-sysv,openssh-server,sudo,linux-image-
 log() { printf '[%s %4ds] %s\n' "$PROG" "$((SECONDS - START))" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
+# Run a long step in its own process group and wait for it, so that a signal
+# reaches the cleanup trap at once (bash defers traps while a foreground
+# command runs) and the trap can stop the whole step (debootstrap runs dpkg
+# inside the chroot).
+CHILD=
+run_step() {
+    setsid --wait "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
+
 usage() { printf 'usage: %s OUTPUT.qcow2   (must run as root)\n' "$PROG" >&2; exit 2; }
 
 [[ $# -eq 1 && -n $1 && $1 != -* ]] || usage
@@ -111,6 +125,11 @@ LOOP=
 cleanup() {
     local rc=$? m busy=0
     set +e
+    exec 2>&3   # a signal may arrive inside a step whose stderr goes to a log
+    if [[ -n ${CHILD:-} ]]; then
+        kill -TERM -- "-$CHILD" 2>/dev/null || kill -TERM "$CHILD" 2>/dev/null
+        wait "$CHILD" 2>/dev/null
+    fi
     # Unmount everything below the work dir, deepest first (debootstrap may
     # leave proc/sys mounts in the rootfs when it fails).
     if [[ -n ${WORK:-} && -d $WORK ]]; then
@@ -132,9 +151,11 @@ cleanup() {
     fi
     exit "$rc"
 }
+exec 3>&2
 trap cleanup EXIT
 trap 'exit 130' INT
-trap 'exit 143' TERM HUP
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 log "work dir $WORK, mirror $MIRROR, output $OUTPUT"
 
@@ -142,7 +163,7 @@ log "work dir $WORK, mirror $MIRROR, output $OUTPUT"
 log "debootstrap $SUITE (minbase + cloud packages), this takes a minute or two"
 t0=$SECONDS
 mkdir -p "$ROOTFS"
-if ! debootstrap --variant=minbase --include="$INCLUDES" "$SUITE" "$ROOTFS" "$MIRROR" \
+if ! run_step debootstrap --variant=minbase --include="$INCLUDES" "$SUITE" "$ROOTFS" "$MIRROR" \
         >"$WORK/debootstrap.log" 2>&1; then
     tail -n 30 "$WORK/debootstrap.log" >&2
     [[ -f $ROOTFS/debootstrap/debootstrap.log ]] && tail -n 30 "$ROOTFS/debootstrap/debootstrap.log" >&2
@@ -286,7 +307,7 @@ mkfs.ext4 -q -F -L "$LABEL" -O ^64bit "$LOOP"
 mkdir -p "$MNT"
 mount "$LOOP" "$MNT"
 log "copying the root filesystem into the disk"
-cp -a "$ROOTFS/." "$MNT/"
+run_step cp -a "$ROOTFS/." "$MNT/"
 extlinux --install "$MNT/boot/extlinux" >/dev/null 2>&1 || extlinux --install "$MNT/boot/extlinux"
 sync
 umount "$MNT"
@@ -295,7 +316,7 @@ LOOP=
 
 # --- qcow2 ----------------------------------------------------------------------
 log "converting to qcow2"
-qemu-img convert -f raw -O qcow2 "$RAW" "$TMP_OUTPUT"
+run_step qemu-img convert -f raw -O qcow2 "$RAW" "$TMP_OUTPUT"
 mv -f -- "$TMP_OUTPUT" "$OUTPUT"
 size=$(du -h --apparent-size "$OUTPUT" | cut -f1)
 log "done: $OUTPUT ($size, virtual $IMAGE_SIZE, root LABEL=$LABEL, kernel $kver) in $((SECONDS - START))s"
