@@ -62,7 +62,7 @@ def main() -> int:
         (files / "setup.sh").write_text(SCRIPT)
         (files / "page.html").write_text(PAGE)
         env = dict(os.environ, ORCHESTRATOR_HOME=str(work / "home"), ORCHESTRATOR_ACCELERATOR="tcg",
-                   CHECKPOINT_DISABLE="1")
+                   CHECKPOINT_DISABLE="1", PACKER_CACHE_DIR=str(work / "packer-cache"))
         orchestrate = [sys.executable, "-m", "orchestrator"]
         subprocess.run(orchestrate + ["image", "import", base, "--publisher", "Debian", "--offer", "debian-12",
                                       "--sku", "12", "--version", "1.0.0"], check=True, env=env,

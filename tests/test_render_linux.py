@@ -68,13 +68,13 @@ def test_rendered_hcl_parses_and_keeps_step_order(tmp_path):
     assert "hostfwd=tcp:127.0.0.1:" in netdev[1]
     provisioners = parsed["build"][0]["provisioner"]
     kinds = [next(iter(p)) for p in provisioners]
-    assert kinds == ['"shell"', '"file"', '"shell"', '"shell"', '"shell"']
+    assert kinds == ['"shell"', '"file"', '"shell"', '"shell"']
     scripts = [_unquote(list(p.values())[0].get("script", '""')) for p in provisioners]
     assert scripts[0].endswith("steps/01-first.sh")
-    assert scripts[3] == str(tmp_path / "s.sh")
-    assert scripts[4].endswith("steps/90-generalize.sh")
+    assert scripts[2] == str(tmp_path / "s.sh")
+    assert scripts[3].endswith("steps/90-generalize.sh")
     assert [b.source for b in rendered.provisioners] == [
-        "customizer:first", "customizer:upload", "customizer:upload", "customizer:remote", "generalize"]
+        "customizer:first", "customizer:upload", "customizer:remote", "generalize"]
 
 
 @pytest.mark.parametrize("command", HOSTILE)
@@ -105,6 +105,15 @@ def test_hostile_names_and_destinations_do_not_inject(tmp_path):
     moved = subprocess.run(["sh", "-c", place.split("\n")[-2].replace("mv -f --", "printf '%s\\n'")],
                            capture_output=True, text=True)
     assert moved.stdout.splitlines()[-1] == dest
+
+
+def test_plain_file_destination_is_uploaded_directly(tmp_path):
+    data = linux_template(customize=[{"type": "File", "name": "f", "sourceUri": "https://h/f",
+                                      "destination": "/tmp/dir/page-1.html"}])
+    _, rendered, _ = _render(tmp_path, data, {"https://h/f": str(tmp_path / "f")})
+    assert [(b.kind, dict(b.attrs).get("destination")) for b in rendered.provisioners] == [
+        ("file", "/tmp/dir/page-1.html"), ("shell", None)]
+    assert not [rel for rel in rendered.files if rel.endswith(".place.sh")]
 
 
 def test_disk_grows_to_os_disk_size(tmp_path):

@@ -6,6 +6,7 @@ does not run through HCL or Go-template interpolation.
 """
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "packer_template
 BUILD_USER = "packer"
 UPLOAD_PREFIX = "/tmp/.orchestrator-upload-"
 FINALIZE_SCRIPT = "/run/orchestrator-finalize.sh"
+# A File destination made only of these goes straight into the file provisioner; any other
+# goes through an upload to a fixed name and a move script (one SSH round trip more).
+_PLAIN_PATH = re.compile(r"^/tmp/[A-Za-z0-9._+/-]+$")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,12 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             ), (script,)))
         elif step.kind == "File":
             local = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
+            destination = step.destination or ""
+            if _PLAIN_PATH.match(destination):  # nothing HCL or Go templates could interpret
+                blocks.append(ProvisionerBlock(source, "file", (
+                    ("source", local), ("destination", destination),
+                ), (local,)))
+                continue
             upload = f"{UPLOAD_PREFIX}{step.index}"
             blocks.append(ProvisionerBlock(source, "file", (
                 ("source", local), ("destination", upload),
