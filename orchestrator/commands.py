@@ -149,10 +149,18 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
                         ssh_private_key=str(work / "id_ed25519"), ssh_public_key=public_key,
                         accelerator=config.accelerator if config.accelerator != "auto" else "tcg",
                         downloads=downloads)
+    secrets_files: dict[str, str] = {}
     if plan.os_type == "Windows":
-        from orchestrator.core.render_windows import render_windows
+        from orchestrator.core.hcl import hcl_string
+        from orchestrator.core.render_windows import PASSWORD_VARIABLE, render_windows, windows_seed_files
 
         rendered = render_windows(plan, ctx)
+        if args.output:  # a per-render password, so that `packer validate DIR` runs as is
+            import secrets
+
+            password = "Aa1-" + secrets.token_urlsafe(24)
+            secrets_files = {**windows_seed_files(password),
+                             "winrm.auto.pkrvars.hcl": f"{PASSWORD_VARIABLE} = {hcl_string(password)}\n"}
     else:
         rendered = render_linux(plan, ctx)
     if not args.output:
@@ -160,8 +168,12 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
         return 0
     for rel, content in rendered.files.items():
         write_atomic(work / rel, content, mode=0o755 if rel.endswith((".sh", ".ps1")) else 0o644)
+    for rel, content in secrets_files.items():
+        write_atomic(work / rel, content, mode=0o600)
     write_atomic(work / "build.pkr.hcl", rendered.hcl)
     print(work / "build.pkr.hcl")
+    if secrets_files:
+        print(f"the WinRM password is in {work / 'winrm.auto.pkrvars.hcl'}: run `packer validate {work}`")
     return 0
 
 

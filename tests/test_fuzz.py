@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from orchestrator.core.document import load_document
 from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.render import RenderContext, render_linux
+from orchestrator.core.render_windows import render_windows
 from orchestrator.errors import OrchestratorError, TemplateInvalid
 
 from tests.helpers import SAMPLES_DIR, fill_placeholders, sample_parameters
@@ -99,7 +100,9 @@ def _exercise(doc: Any, tmp: Path) -> None:
         return
     downloads = {d.url: str(tmp / "dl") for d in plan.downloads}
     ctx = RenderContext(str(tmp), str(tmp / "out"), str(tmp / "key"), "ssh-ed25519 AAAA x", "tcg", downloads)
-    if plan.os_type == "Linux" and all(s.kind in ("Shell", "File") for s in plan.steps):
+    if plan.os_type == "Windows":
+        hcl2.loads(render_windows(plan, ctx).hcl)
+    elif all(s.kind in ("Shell", "File") for s in plan.steps):
         hcl2.loads(render_linux(plan, ctx).hcl)
 
 

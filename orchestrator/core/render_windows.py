@@ -19,13 +19,14 @@ declares `variable "winrm_password" { sensitive = true }` without a default, so 
 validate` and `packer build` need it (`PKR_VAR_winrm_password` in the environment, or
 `-var`); an unset variable fails at once with "Unset variable", where an empty default would
 only fail after `winrm_timeout` (30 min) of refused logins. The caller generates the password
-(16+ characters without `{{`, e.g. "Aa1-" + secrets.token_urlsafe(24)), writes
+(`check_password`: e.g. "Aa1-" + secrets.token_urlsafe(24)), writes
 `windows_seed_files(password)` next to the rendered files (mode 0600) and adds
 `packer_environment(password)` to Packer's environment. Packer masks a sensitive variable in
 its output.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ UPDATE_REBOOT_MARKER = "C:\\Windows\\Temp\\orchestrator-windows-update.reboot"
 FINALIZE_SCRIPT = "C:\\Windows\\Temp\\orchestrator-finalize.cmd"
 SHUTDOWN_COMMAND = 'shutdown /s /t 10 /f /d p:4:1 /c "Packer Shutdown"'
 STEP_MARKER = "Provisioning with {kind} [orchestrator step {index:02d}]"
+_PASSWORD_RE = re.compile(r"[A-Za-z0-9_-]{16,127}")
 UTF8_BOM = "\ufeff"  # Windows PowerShell 5.1 reads a .ps1 without BOM in the ANSI code page
 
 # A windows-restart that restarts only when the update round before it asked for one: a round
@@ -118,8 +120,13 @@ def packer_environment(password: str) -> dict[str, str]:
 
 
 def check_password(password: str) -> None:
-    if len(password) < 16 or "{{" in password or any(not ch.isprintable() for ch in password):
-        raise ValueError("the WinRM password needs 16 or more printable characters and no '{{'")
+    """16 to 127 characters of A-Z a-z 0-9 - _ with an upper, a lower case letter and a digit:
+    Windows' default complexity rule holds, and nothing needs quoting where Packer puts it
+    (Go templates; the elevated wrapper's `$password = "..."` PowerShell string)."""
+    if not (_PASSWORD_RE.fullmatch(password) and any(c.isupper() for c in password)
+            and any(c.islower() for c in password) and any(c.isdigit() for c in password)):
+        raise ValueError("the WinRM password needs 16 to 127 characters of A-Z, a-z, 0-9, '-' and '_', "
+                         "with an upper and a lower case letter and a digit")
 
 
 def render_windows(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
@@ -146,7 +153,7 @@ def render_windows(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
                 script = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
             attrs: list[tuple[str, object]] = [("script", script)]
             attrs += _elevation(step)
-            attrs.append(("valid_exit_codes", list(step.valid_exit_codes)))
+            attrs.append(("valid_exit_codes", tuple(step.valid_exit_codes)))
             add(ProvisionerBlock(source, "powershell", tuple(attrs), (script,)))
         elif step.kind == "File":
             local = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
@@ -176,9 +183,9 @@ def render_windows(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
                     ("script", script),
                     ("elevated_user", "SYSTEM"),
                     ("elevated_password", ""),
-                    ("environment_vars", [f"ORCHESTRATOR_UPDATE_ROUND={round_}",
-                                          f"ORCHESTRATOR_UPDATE_ROUNDS={UPDATE_ROUNDS}"]),
-                    ("valid_exit_codes", [0, UPDATE_REBOOT_EXIT_CODE]),
+                    ("environment_vars", (f"ORCHESTRATOR_UPDATE_ROUND={round_}",
+                                          f"ORCHESTRATOR_UPDATE_ROUNDS={UPDATE_ROUNDS}")),
+                    ("valid_exit_codes", (0, UPDATE_REBOOT_EXIT_CODE)),
                 ), (script,)), note)
                 add(ProvisionerBlock(source, "windows-restart", (
                     ("restart_command", go_template_literal(UPDATE_RESTART_COMMAND)),
