@@ -116,6 +116,19 @@ def test_plain_file_destination_is_uploaded_directly(tmp_path):
     assert not [rel for rel in rendered.files if rel.endswith(".place.sh")]
 
 
+def test_powershell_on_linux_runs_with_pwsh(tmp_path):
+    data = linux_template(customize=[
+        {"type": "Shell", "name": "s", "inline": ["true"]},
+        {"type": "PowerShell", "name": "p", "inline": ["Write-Output '${x} {{ .Path }}'"], "runElevated": True,
+         "validExitCodes": [0, 3010]}])
+    _, rendered, work = _render(tmp_path, data)
+    block = rendered.provisioners[1]
+    attrs = dict(block.attrs)
+    assert block.source == "customizer:p" and attrs["valid_exit_codes"] == [0, 3010]
+    assert attrs["execute_command"] == "chmod +x {{ .Path }}; sudo {{ .Vars }} pwsh -NoProfile -File {{ .Path }}"
+    assert (work / "steps/02-p.ps1").read_text() == "Write-Output '${x} {{ .Path }}'\n"
+
+
 def test_disk_grows_to_os_disk_size(tmp_path):
     plan, rendered, _ = _render(tmp_path, linux_template(vmProfile={"vmSize": "Standard_D2s_v3", "osDiskSizeGB": 8}))
     assert plan.disk_size_mib == 8192 and (plan.cpus, plan.memory_mib) == (2, 8192)

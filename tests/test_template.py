@@ -243,3 +243,15 @@ def test_plain_samples_fail_only_on_placeholders(path):
         pytest.skip("ARM deployment or trigger: covered by test_arm / test_samples")
     bad = [p for p in problems_of(data) if p.rule != "placeholder"]
     assert bad == []
+
+
+def test_customizer_types_must_fit_the_os():
+    linux = linux_template(customize=[{"type": "WindowsRestart"}, {"type": "WindowsUpdate"}])
+    linux["properties"]["customize"].insert(0, {"type": "Shell", "name": "s", "inline": ["true"]})
+    found = rules(linux)
+    assert ("$.properties.customize[1].type", "customizer-os") in found
+    assert ("$.properties.customize[2].type", "customizer-os") in found
+    windows = linux_template(customize=[{"type": "Shell", "name": "s", "inline": ["true"]}],
+                             source={"type": "PlatformImage", "publisher": "MicrosoftWindowsServer",
+                                     "offer": "WindowsServer", "sku": "2022-datacenter", "version": "latest"})
+    assert ("$.properties.customize[0].type", "customizer-os") in rules(windows)

@@ -119,6 +119,19 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             files[rel] = move_script(upload, step.destination or "")
             script = _host_path(str(work / rel))
             blocks.append(ProvisionerBlock(source, "shell", (("script", script),), (script,)))
+        elif step.kind == "PowerShell":  # AIB runs PowerShell on Linux with pwsh
+            if step.inline is not None:
+                rel = f"steps/{slug}.ps1"
+                files[rel] = "\n".join(step.inline) + "\n"
+                script = _host_path(str(work / rel))
+            else:
+                script = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
+            sudo = "sudo " if step.run_elevated else ""
+            blocks.append(ProvisionerBlock(source, "shell", (
+                ("script", script),
+                ("execute_command", f"chmod +x {{{{ .Path }}}}; {sudo}{{{{ .Vars }}}} pwsh -NoProfile -File {{{{ .Path }}}}"),
+                ("valid_exit_codes", list(step.valid_exit_codes)),
+            ), (script,)))
         else:
             raise ValueError(f"{step.kind} customizers need a Windows source")
     rel = "steps/90-generalize.sh"

@@ -98,6 +98,7 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
     _check_run_outputs(distribute, props.path_of("distribute"), problems)
     os_type = infer_os_type(source, customize)
     _check_file_destinations(customize, os_type, props.path_of("customize"), problems)
+    _check_customizer_os(customize, os_type, props.path_of("customize"), problems)
     if source is None:
         return None
     return m.ImageTemplate(
@@ -474,6 +475,19 @@ def _check_run_outputs(targets: tuple[m.Target, ...], path: str, problems: list[
                                     f"runOutputName `{target.run_output_name}` is used by entry {seen[key]} too",
                                     "every distribution target needs its own runOutputName"))
         seen.setdefault(key, index)
+
+
+def _check_customizer_os(items: tuple[m.Customizer, ...], os_type: str, path: str,
+                         problems: list[Problem]) -> None:
+    windows_only = (m.WindowsRestartCustomizer, m.WindowsUpdateCustomizer)
+    for index, item in enumerate(items):
+        where = child(child(path, index), "type")
+        if os_type == "Linux" and isinstance(item, windows_only):
+            problems.append(Problem(where, "customizer-os", f"{item.kind} customizers run on Windows only",
+                                    "a Linux Shell step may reboot the VM itself"))
+        elif os_type == "Windows" and isinstance(item, m.ShellCustomizer):
+            problems.append(Problem(where, "customizer-os", "Shell customizers run on Linux only",
+                                    "use a PowerShell customizer on Windows"))
 
 
 def _check_file_destinations(items: tuple[m.Customizer, ...], os_type: str, path: str,
