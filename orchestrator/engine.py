@@ -189,9 +189,11 @@ class Engine:
         dest.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         size = qemu_img.export_fixed_vhd(disk, dest)
+        converted = time.monotonic()
         digest = sha256_file(dest)
         log.write("orchestrator", f"VHD {target.run_output_name!r}: {dest} ({size // 2**20} MiB fixed, "
-                  f"sha256 {digest}, {time.monotonic() - started:.1f} s)")
+                  f"sha256 {digest}; converted in {converted - started:.1f} s, "
+                  f"hashed in {time.monotonic() - converted:.1f} s)")
         self.state.set_output(run_id, target.run_output_name, "VHD", "Succeeded", artifact_id=str(dest),
                               artifact_uri=dest.as_uri(), details={
                                   "path": str(dest), "sizeBytes": size, "fileBytes": dest.stat().st_size,

@@ -124,6 +124,7 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
         if "errored" in line or line.startswith("==> qemu: Error") or "Script exited with non-zero" in line:
             result.errors.append(line.strip())
     result.exit_code = proc.wait()
+    log.write("orchestrator", f"packer exited with {result.exit_code}")
     result.last_phase = tracker.phase
     killed = kill_leftover_qemu(vm_marker)
     if killed:
