@@ -56,13 +56,13 @@ def load_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def load(args: argparse.Namespace) -> tuple[m.ImageTemplate, str, str]:
+def load(args: argparse.Namespace, config: Config) -> tuple[m.ImageTemplate, str, str]:
     text = read_text(args.template, "template")
     if is_trigger(parse_json(text, args.template)):
         raise UsageError(f"{args.template} is an image template trigger, not an image template",
                          hint="`orchestrate validate` checks it; builds run from the template itself "
                               "(a rebuild happens when a newer source image is imported)")
-    template = load_document(text, args.template, load_parameters(args))
+    template = load_document(text, args.template, load_parameters(args), config.arm_functions())
     name = getattr(args, "name", None) or template.name or Path(args.template).stem
     return template, name, text
 
@@ -76,7 +76,7 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
         else:
             print(f"{args.template}: valid {trigger.kind} trigger (a newer imported source image triggers a rebuild)")
         return 0
-    template, name, _ = load(args)
+    template, name, _ = load(args, config)
     summary = {"ok": True, "name": name, "apiVersion": template.api_version, "osType": template.os_type,
                "source": template.source.kind, "customizers": len(template.customize),
                "targets": [t.run_output_name for t in template.distribute]}
@@ -107,7 +107,7 @@ def _plan_for_display(config: Config, template: m.ImageTemplate, name: str):
 
 
 def cmd_plan(args: argparse.Namespace, config: Config) -> int:
-    template, name, _ = load(args)
+    template, name, _ = load(args, config)
     plan = _plan_for_display(config, template, name)
     if args.json:
         emit(plan.to_dict())
@@ -126,7 +126,8 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     print("  targets:")
     for target in plan.targets:
         print(f"    {target.kind} {target.run_output_name!r}" + (f" -> {target.artifact_id}" if target.artifact_id else "")
-              + (f" -> {target.uri}" if target.uri else ""))
+              + (f" -> {target.uri}" if target.uri else "")
+              + (f" in {', '.join(target.regions)}" if target.regions else ""))
     return 0
 
 
@@ -137,7 +138,7 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
     from orchestrator.effects.files import write_atomic
     from orchestrator.effects.sshkeys import make_key_pair
 
-    template, name, _ = load(args)
+    template, name, _ = load(args, config)
     plan = _plan_for_display(config, template, name)
     work = Path(args.output).resolve() if args.output else config.runs_dir / "render"
     downloads = {d.url: str(config.cache_dir / "sha256" / (d.sha256 or f"unverified-{_url_key(d.url)}"))
@@ -186,7 +187,7 @@ def _url_key(url: str) -> str:
 def cmd_build(args: argparse.Namespace, config: Config) -> int:
     from orchestrator.engine import Engine
 
-    template, name, text = load(args)
+    template, name, text = load(args, config)
     engine = Engine(config)
     started = time.monotonic()
 

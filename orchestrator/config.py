@@ -9,6 +9,10 @@ from orchestrator.errors import EnvironmentProblem, UsageError
 
 HOME_ENV = "ORCHESTRATOR_HOME"
 ACCEL_ENV = "ORCHESTRATOR_ACCELERATOR"  # auto (default), kvm or tcg
+# What ARM's resourceGroup() and subscription() return on-prem (defaults: "local", zero GUID).
+ARM_ENV = {"ORCHESTRATOR_SUBSCRIPTION_ID": ("subscription", "subscriptionId"),
+           "ORCHESTRATOR_RESOURCE_GROUP": ("resourceGroup", "name"),
+           "ORCHESTRATOR_LOCATION": ("resourceGroup", "location")}
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,13 @@ class Config:
     packer: str = "packer"
     qemu_img: str = "qemu-img"
     qemu_system: str = "qemu-system-x86_64"
+    arm_context: tuple[tuple[str, str, str], ...] = ()  # (object, field, value)
+
+    def arm_functions(self) -> dict[str, dict[str, str]]:
+        context: dict[str, dict[str, str]] = {}
+        for obj, name, value in self.arm_context:
+            context.setdefault(obj, {})[name] = value
+        return context
 
     @property
     def db_path(self) -> Path:
@@ -62,4 +73,5 @@ def load_config(home: str | None = None) -> Config:
         raise UsageError(f"{ACCEL_ENV}={accel!r} is not auto, kvm or tcg",
                          hint="unset it to let orchestrator probe whether KVM really runs a guest")
     path = Path(home).expanduser().resolve() if home else default_home()
-    return Config(home=path, accelerator=accel)
+    arm = tuple((obj, name, os.environ[var]) for var, (obj, name) in ARM_ENV.items() if os.environ.get(var))
+    return Config(home=path, accelerator=accel, arm_context=arm)

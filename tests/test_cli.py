@@ -114,3 +114,26 @@ def test_image_import_errors(tmp_path, home):
 def test_unknown_run(home):
     result = orchestrate("status", "nope", home=home)
     assert result.returncode == 2 and "no run 'nope'" in result.stderr
+
+
+def test_arm_functions_take_resource_group_and_subscription_from_environment(tmp_path, home):
+    deployment = {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+                  "contentVersion": "1.0.0.0", "parameters": {"size": {"type": "int", "defaultValue": 0}},
+                  "resources": [{
+                      "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-02-14",
+                      "name": "arm", "location": "[resourceGroup().location]",
+                      "properties": {**linux_template()["properties"], "vmProfile": {"osDiskSizeGB": "[parameters('size')]"},
+                                     "distribute": [{"type": "ManagedImage", "runOutputName": "img",
+                                                     "location": "[resourceGroup().location]",
+                                                     "imageId": "[resourceId('Microsoft.Compute/images', 'golden')]"}]}}]}
+    path = write(tmp_path, deployment)
+    result = orchestrate("plan", "--json", str(path), "-p", "size=8", home=home,
+                         env={"ORCHESTRATOR_LOCATION": "pool-a", "ORCHESTRATOR_SUBSCRIPTION_ID": "1111",
+                              "ORCHESTRATOR_RESOURCE_GROUP": "images"})
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["targets"][0]["regions"] == ["pool-a"]
+    assert plan["targets"][0]["artifact_id"] == "/subscriptions/1111/resourceGroups/images/providers/Microsoft.Compute/images/golden"
+    assert plan["name"] == "arm"
+    missing = orchestrate("validate", str(path), "-p", "nosuch=1", home=home)
+    assert missing.returncode == 2 and "$.parameters" in missing.stderr
