@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import default_home  # noqa: E402
 from orchestrator.core.render import cloud_init_user_data  # noqa: E402
+from orchestrator.effects.catalog import version_key  # noqa: E402
 from orchestrator.effects.sshkeys import make_key_pair  # noqa: E402
 from orchestrator.effects.state import StateStore  # noqa: E402
 
@@ -56,7 +57,7 @@ def main() -> int:
     if not records:
         print("no Debian 12 base image imported: run scripts/setup-host.sh first", file=sys.stderr)
         return 1
-    base = records[-1].path
+    base = max(records, key=lambda r: version_key(r.version)).path
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         files = work / "files"

@@ -39,19 +39,25 @@ if [ ! -e "$stamp" ]; then
 fi
 ln -sf "$venv/bin/orchestrate" /usr/local/bin/orchestrate
 
+# The base image is built again only when none is imported or build-base-image.sh changed.
+home=$("$venv/bin/python" -c 'from orchestrator.config import default_home; print(default_home())')
+stamp_file="$home/base-build/script.sha256"
+script_sum=$(sha256sum "$here/scripts/build-base-image.sh" | cut -d' ' -f1)
 if orchestrate image list --json | "$venv/bin/python" -c '
 import json, sys
 images = json.load(sys.stdin)
-sys.exit(0 if any(i["publisher"].lower() == "debian" and i["offer"] == "debian-12" and i["sku"] == "12" for i in images) else 1)'
+sys.exit(0 if any(i["publisher"].lower() == "debian" and i["offer"] == "debian-12" and i["sku"] == "12" for i in images) else 1)' \
+    && [ "$(cat "$stamp_file" 2>/dev/null)" = "$script_sum" ]
 then
     say "base image Debian:debian-12:12 already imported"
 else
-    home=$(orchestrate image list --json >/dev/null; "$venv/bin/python" -c 'from orchestrator.config import default_home; print(default_home())')
     out="$home/base-build/debian-12.qcow2"
     mkdir -p "$(dirname "$out")"
     say "building the Debian 12 base image (debootstrap, about 2 minutes)"
     "$here/scripts/build-base-image.sh" "$out"
-    orchestrate image import "$out" --publisher Debian --offer debian-12 --sku 12 --version "0.$(date -u +%Y%m%d).0"
+    orchestrate image import "$out" --publisher Debian --offer debian-12 --sku 12 \
+        --version "0.$(date -u +%Y%m%d.%H%M%S)"
     rm -f "$out"  # the catalog keeps its own link to the file
+    echo "$script_sum" > "$stamp_file"
 fi
 say "ready: $(packer version | head -1), $(qemu-system-x86_64 --version | head -1)"

@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from orchestrator.config import Config, default_home
+from orchestrator.effects.catalog import version_key
 from orchestrator.effects.state import StateStore
 
 BASE = ("Debian", "debian-12", "12")
@@ -25,7 +26,7 @@ def _find_base_image() -> Path | None:
     if not db.exists():
         return None
     records = StateStore(db).images(*BASE)
-    return Path(records[-1].path) if records else None
+    return Path(max(records, key=lambda r: version_key(r.version)).path) if records else None
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,9 @@ def test_image_import_errors(tmp_path, home):
     latest = orchestrate("image", "import", str(tmp_path / "x.qcow2"), "--publisher", "P", "--offer", "O",
                          "--sku", "S", "--version", "latest", home=home)
     assert latest.returncode == 2 and "resolved at build time" in latest.stderr
+    beta = orchestrate("image", "import", str(tmp_path / "x.qcow2"), "--publisher", "P", "--offer", "O",
+                       "--sku", "S", "--version", "1.0-beta", home=home)
+    assert beta.returncode == 2 and "is not a version number" in beta.stderr
 
 
 def test_unknown_run(home):

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 
 import hcl2
 import pytest
+
+from orchestrator.errors import TemplateInvalid
 from hcl2 import SerializationOptions
 from hypothesis import given
 from hypothesis import strategies as st
@@ -499,8 +501,9 @@ def test_render_is_pure(tmp_path: Path) -> None:
 def test_shell_customizer_is_rejected(tmp_path: Path) -> None:
     data = hostile_template(with_update=False)
     data["properties"]["customize"].append({"type": "Shell", "name": "sh", "inline": ["true"]})
-    with pytest.raises(ValueError, match="Shell customizers need a Linux source"):
+    with pytest.raises(TemplateInvalid) as err:  # the loader refuses it before any rendering
         make_build(tmp_path, data)
+    assert [(p.path, p.rule) for p in err.value.problems] == [("$.properties.customize[5].type", "customizer-os")]
 
 
 def test_password_must_be_supplied(tmp_path: Path) -> None:

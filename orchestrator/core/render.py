@@ -197,8 +197,20 @@ userdel -f -r {user} >/dev/null 2>&1 || true
 rm -rf /home/{user}
 rm -f /etc/ssh/ssh_host_*
 rm -f {UPLOAD_PREFIX}*
-if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs >/dev/null 2>&1 || true; fi
-rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data
+# cloud-init may still be finishing the build VM's first boot: wait (bounded) until its final
+# stage is done, so that none of its state is written after the clean-up below.
+if [ -d /var/lib/cloud ]; then
+    for _ in $(seq 600); do
+        [ -e /var/lib/cloud/instance/boot-finished ] && break
+        case "$(systemctl show -p ActiveState --value cloud-final.service 2>/dev/null)" in
+            active|failed) break ;;
+        esac
+        sleep 0.5
+    done
+fi
+# what `cloud-init clean --logs` removes (all state but the seed), without starting Python again
+find /var/lib/cloud -mindepth 1 -maxdepth 1 ! -name seed -exec rm -rf {{}} + 2>/dev/null || true
+rm -f /var/log/cloud-init.log /var/log/cloud-init-output.log
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 rm -f /root/.bash_history
@@ -220,4 +232,10 @@ ssh_pwauth: false
 disable_root: true
 locale: false
 manage_etc_hosts: true
+# The build VM needs only the user above: no config/final modules, so that cloud-init leaves
+# the image alone and finishes before the customizers do.
+cloud_config_modules: []
+cloud_final_modules: []
+# Host keys of the build VM are deleted before the image is sealed: make only the fast one.
+ssh_genkeytypes: [ed25519]
 """

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from orchestrator.core import model as m
 from orchestrator.core.problems import Problem, child
-from orchestrator.core.reader import ObjectReader
+from orchestrator.core.reader import ObjectReader, type_name
 from orchestrator.core.vmsizes import VM_SIZES
 from orchestrator.errors import TemplateInvalid
 
@@ -27,10 +28,18 @@ IMAGE_VERSION_ID_RE = re.compile(
 SUBNET_ID_RE = re.compile(
     rf"^{_SUB_RG}Microsoft\.Network/virtualNetworks/[^/]+/subnets/[^/]+$", re.IGNORECASE)
 URI_SCHEMES = ("http://", "https://", "file://")
-_TIMEOUT_RE = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
+# magnitude and unit, as Packer's restart_timeout reads it: 5m, 2h, 90s, 1h30m
+_TIMEOUT_RE = re.compile(r"^(\d+(\.\d+)?(ms|s|m|h))+$")
+# `az vm image list` versions (18.04.201903060) and gallery image versions (1.1.1)
+_VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
+_GALLERY_VERSION_RE = re.compile(r"/versions/([^/]+)$", re.IGNORECASE)
+# the values AIB documents for a SharedImage target's storageAccountType (API 2020-02-14)
+SHARED_IMAGE_STORAGE_TYPES = ("Standard_LRS", "Standard_ZRS")
 # Fields whose values are commands or scripts: `<...>` there is content, not a placeholder.
 _COMMAND_FIELDS = {"inline", "restartcommand", "restartcheckcommand", "searchcriteria", "filters"}
 _TEMPLATE_TYPE = "microsoft.virtualmachineimages/imagetemplates"
+# some public samples write only the provider namespace
+_TEMPLATE_TYPES = (_TEMPLATE_TYPE, "microsoft.virtualmachineimages")
 _WINDOWS_HINTS = ("windows",)
 
 
@@ -51,7 +60,7 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
     problems.extend(find_placeholders(data, "$"))
     root = ObjectReader(data, "$", problems)
     kind = root.string("type")
-    if kind is not None and not _TEMPLATE_TYPE.startswith(kind.lower()):
+    if kind is not None and kind.lower() not in _TEMPLATE_TYPES:
         root.problem("type", "resource-type", f"`{kind}` is not an image template",
                      f"use \"type\": \"Microsoft.VirtualMachineImages/imageTemplates\"")
     api = root.string("apiVersion", required=True, hint=f"e.g. \"{API_2020}\"")
@@ -65,7 +74,7 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
     api = api or API_2020
     name = root.string("name")
     location = root.string("location")
-    tags = root.string_map("tags")
+    tags = _string_map(root, "tags")
     identity = _identity(root)
     depends_on = root.strings("dependsOn") or ()
     root.ignore("id", "comments", "$schema")
@@ -83,9 +92,9 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
     vm_profile = _vm_profile(props, api)
     source = _source(props, api)
     customize = tuple(_customizers(props, "customize", api))
-    validate = _validate(props, api)
+    validate, checks_path = _validate(props, api)
     error_handling = _error_handling(props)
-    distribute = tuple(props.objects("distribute", _target, required=True))
+    distribute = tuple(props.objects("distribute", lambda obj: _target(obj, api), required=True))
     if props.has("distribute") and not distribute and not any(p.path.startswith(props.path_of("distribute")) for p in problems):
         props.problem("distribute", "empty", "at least one distribution target is required",
                       "add e.g. {\"type\": \"VHD\", \"runOutputName\": \"vhd\"}")
@@ -99,6 +108,9 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
     os_type = infer_os_type(source, customize)
     _check_file_destinations(customize, os_type, props.path_of("customize"), problems)
     _check_customizer_os(customize, os_type, props.path_of("customize"), problems)
+    if validate is not None:
+        _check_file_destinations(validate.in_vm_validations, os_type, checks_path, problems)
+        _check_customizer_os(validate.in_vm_validations, os_type, checks_path, problems)
     if source is None:
         return None
     return m.ImageTemplate(
@@ -193,11 +205,24 @@ def _vm_profile(props: ObjectReader, api: str) -> m.VmProfile:
         old = (vnet.name, vnet.subnet_name, vnet.resource_group_name)
         if vnet.subnet_id and any(old):
             vnet_obj.problem(None, "vnet-spelling", "give either subnetId or name/subnetName/resourceGroupName, not both")
+        elif any(old) and not _before_2020(api):
+            # the 2019-05-01-preview spelling; API 2020-02-14 replaced it with subnetId
+            vnet_obj.problem(None, "vnet-spelling",
+                             f"name/subnetName/resourceGroupName is the API {API_2019} spelling; "
+                             f"API {api} takes subnetId",
+                             "\"subnetId\": \"/subscriptions/S/resourceGroups/"
+                             f"{vnet.resource_group_name or 'RG'}/providers/Microsoft.Network/virtualNetworks/"
+                             f"{vnet.name or 'V'}/subnets/{vnet.subnet_name or 'N'}\"")
         elif any(old) and not all(old):
             vnet_obj.problem(None, "vnet-spelling", "name, subnetName and resourceGroupName go together",
                              f"or use subnetId (API {API_2020} and newer)")
         elif not vnet.subnet_id and not any(old):
-            vnet_obj.problem(None, "required", "vnetConfig needs subnetId")
+            vnet_obj.problem(None, "required", "vnetConfig needs subnetId" if not _before_2020(api) else
+                             "vnetConfig needs name, subnetName and resourceGroupName")
+        elif vnet.subnet_id and _before_2020(api):
+            vnet_obj.problem("subnetId", "vnet-spelling", f"subnetId is the API {API_2020} spelling; "
+                             f"API {API_2019} takes name, subnetName and resourceGroupName",
+                             f"use apiVersion {API_2020} or newer, or the three {API_2019} fields")
         elif vnet.subnet_id and not SUBNET_ID_RE.match(vnet.subnet_id) and not _PLACEHOLDER_RE.search(vnet.subnet_id):
             vnet_obj.problem("subnetId", "resource-id", "not a subnet resource ID",
                              "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/V/subnets/N")
@@ -218,6 +243,9 @@ def _source(props: ObjectReader, api: str) -> m.Source | None:
     if lowered == "platformimage":
         fields = [obj.string(f, required=True) for f in ("publisher", "offer", "sku")]
         version = obj.string("version", "latest") or "latest"
+        if not _is_version(version, latest=True) and not _PLACEHOLDER_RE.search(version):
+            obj.problem("version", "version-format", f"`{version}` is not `latest` or a version number",
+                        "e.g. \"latest\" or \"18.04.201903060\" (`orchestrate image list` shows the imported versions)")
         plan = _plan_info(obj)
         obj.ignore("exactVersion")  # read-only, reported by newer APIs
         if all(fields):
@@ -233,6 +261,12 @@ def _source(props: ObjectReader, api: str) -> m.Source | None:
         if version_id and not IMAGE_VERSION_ID_RE.match(version_id) and not _PLACEHOLDER_RE.search(version_id):
             obj.problem("imageVersionId", "resource-id", "not a gallery image version resource ID",
                         ".../galleries/G/images/DEF/versions/VER (VER may be `latest`)")
+        elif version_id and not _PLACEHOLDER_RE.search(version_id):
+            found = _GALLERY_VERSION_RE.search(version_id)
+            if found and not _is_version(found.group(1), latest=True):
+                obj.problem("imageVersionId", "version-format",
+                            f"`{found.group(1)}` is not `latest` or an image version number",
+                            ".../versions/1.0.0 or .../versions/latest")
         source = m.SharedImageVersionSource(version_id) if version_id else None
     elif lowered == "iso":
         uri = _uri(obj, "sourceURI", required=True)
@@ -283,18 +317,23 @@ def _checksum(obj: ObjectReader, *, required: bool = False) -> str | None:
 
 def _customizers(props: ObjectReader, name: str, api: str, *, validation: bool = False) -> list[m.Customizer]:
     counter = iter(range(1, 10_000))
+    # names given in the template: a generated name must not take one of them
+    items = props.raw(name)
+    given = {str(value).lower() for item in (items if isinstance(items, list) else ()) if isinstance(item, dict)
+             for key, value in item.items() if key.lower() == "name" and isinstance(value, str)}
 
     def read(obj: ObjectReader) -> m.Customizer | None:
-        return _customizer(obj, next(counter), validation)
+        return _customizer(obj, next(counter), validation, api, given)
 
     return props.objects(name, read)
 
 
-def _customizer(obj: ObjectReader, index: int, validation: bool) -> m.Customizer | None:
+def _customizer(obj: ObjectReader, index: int, validation: bool, api: str = API_2020,
+                given: set[str] | frozenset[str] = frozenset()) -> m.Customizer | None:
     kind = obj.string("type", required=True, hint="Shell, PowerShell, File, WindowsRestart or WindowsUpdate")
     if kind is None:
         return None
-    name = obj.string("name") or f"{kind}{index}"
+    name = obj.string("name") or _generated_name(kind, index, given)
     lowered = kind.lower()
     allowed = ("shell", "powershell", "file") if validation else (
         "shell", "powershell", "file", "windowsrestart", "windowsupdate")
@@ -318,16 +357,21 @@ def _customizer(obj: ObjectReader, index: int, validation: bool) -> m.Customizer
             as_system = obj.get("runAsSystem", bool, False)
             if as_system and not elevated:
                 obj.problem("runAsSystem", "run-as-system", "runAsSystem needs runElevated: true")
-            codes = obj.get("validExitCodes", list, None)
+            codes_field = _exit_codes_field(obj, api)
+            codes = obj.get(codes_field, list, None)
             valid: tuple[int, ...] = (0,)
             if codes is not None:
                 if all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
                     valid = tuple(codes) or (0,)
                 else:
-                    obj.problem("validExitCodes", "type", "must be a list of integers")
+                    obj.problem(codes_field, "type", "must be a list of integers", "e.g. [0, 3010]")
             result = m.PowerShellCustomizer(name, uri, sha, inline, bool(elevated), bool(as_system), valid)
     elif lowered == "file":
         uri = _uri(obj, "sourceUri", required=True)
+        if uri and not _PLACEHOLDER_RE.search(uri) and _names_a_folder(uri):
+            obj.problem("sourceUri", "file-source", f"`{uri}` names a folder, not a file",
+                        "a File customizer downloads one file: zip the folder, then unzip it with a "
+                        "Shell or PowerShell customizer")
         destination = obj.string("destination", required=True)
         sha = _checksum(obj)
         result = m.FileCustomizer(name, uri, destination, sha) if uri and destination else None
@@ -337,7 +381,7 @@ def _customizer(obj: ObjectReader, index: int, validation: bool) -> m.Customizer
         timeout = obj.string("restartTimeout") or "5m"
         if not _TIMEOUT_RE.match(timeout):
             obj.problem("restartTimeout", "duration", f"`{timeout}` is not a duration",
-                        "a number and a unit: 5m, 90s, 2h")
+                        "a number and a unit: 5m, 90s, 2h (or 1h30m)")
             timeout = "5m"
         result = m.WindowsRestartCustomizer(name, command, check, timeout)
     else:
@@ -357,10 +401,10 @@ def _customizer(obj: ObjectReader, index: int, validation: bool) -> m.Customizer
     return result
 
 
-def _validate(props: ObjectReader, api: str) -> m.Validation | None:
+def _validate(props: ObjectReader, api: str) -> tuple[m.Validation | None, str]:
     obj = props.object("validate")
     if obj is None:
-        return None
+        return None, child(props.path_of("validate"), "inVMValidations")
     checks = tuple(_customizers(obj, "inVMValidations", api, validation=True))
     result = m.Validation(
         in_vm_validations=checks,
@@ -368,7 +412,7 @@ def _validate(props: ObjectReader, api: str) -> m.Validation | None:
         source_validation_only=bool(obj.get("sourceValidationOnly", bool, False)))
     obj.finish()
     _check_unique_names(checks, obj.path_of("inVMValidations"), obj.problems)
-    return result
+    return result, obj.path_of("inVMValidations")
 
 
 def _error_handling(props: ObjectReader) -> m.ErrorHandling:
@@ -386,14 +430,14 @@ def _error_handling(props: ObjectReader) -> m.ErrorHandling:
     return m.ErrorHandling(*values)
 
 
-def _target(obj: ObjectReader) -> m.Target | None:
+def _target(obj: ObjectReader, api: str = API_2020) -> m.Target | None:
     kind = obj.string("type", required=True, hint="ManagedImage, SharedImage or VHD")
     run_output = obj.string("runOutputName", required=True)
     if run_output and not RUN_OUTPUT_NAME_RE.match(run_output) and not _PLACEHOLDER_RE.search(run_output):
         obj.problem("runOutputName", "run-output-name",
                     f"`{run_output}` does not match ^[A-Za-z0-9-_.]{{1,64}}$",
                     "letters, digits, '-', '_' and '.', at most 64")
-    tags = obj.string_map("artifactTags")
+    tags = _string_map(obj, "artifactTags")
     lowered = (kind or "").lower()
     target: m.Target | None = None
     if lowered == "managedimage":
@@ -409,18 +453,31 @@ def _target(obj: ObjectReader) -> m.Target | None:
         if gallery_id and not GALLERY_IMAGE_ID_RE.match(gallery_id) and not _PLACEHOLDER_RE.search(gallery_id):
             obj.problem("galleryImageId", "resource-id", "not a gallery image (or image version) resource ID",
                         "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/DEF")
-        replication = obj.strings("replicationRegions") or ()
+        elif gallery_id and not _PLACEHOLDER_RE.search(gallery_id):
+            _check_explicit_version(obj, gallery_id, api)
+        # API 2020-02-14 and older replicate with replicationRegions only (targetRegions came later)
+        older = api <= API_2020
+        if older and not obj.has("replicationRegions") and not obj.has("targetRegions"):
+            obj.problem(None, "required", "`replicationRegions` is required",
+                        f"API {api}: list the regions to replicate to, one of them the gallery's region")
+        replication = obj.strings("replicationRegions", nonempty=older) or ()
         regions = tuple(obj.objects("targetRegions", _target_region))
         if replication and regions:
             obj.problem("targetRegions", "regions", "give replicationRegions or targetRegions, not both")
         scheme, major = _versioning(obj)
+        account = obj.string("storageAccountType")
+        if (account and older and account.lower() not in (a.lower() for a in SHARED_IMAGE_STORAGE_TYPES)
+                and not _PLACEHOLDER_RE.search(account)):
+            obj.problem("storageAccountType", "storage-account-type",
+                        f"`{account}` is not {' or '.join(SHARED_IMAGE_STORAGE_TYPES)}",
+                        f"API {api} stores image versions as Standard_LRS (the default) or Standard_ZRS")
         target = m.SharedImageTarget(
             run_output or "", gallery_id or "", replication, regions,
-            bool(obj.get("excludeFromLatest", bool, False)), obj.string("storageAccountType"),
+            bool(obj.get("excludeFromLatest", bool, False)), account,
             scheme, major, tags) if run_output and gallery_id else None
     elif lowered == "vhd":
         uri = obj.string("uri")
-        obj.ignore("tags")
+        tags = tuple({**dict(tags), **dict(_string_map(obj, "tags"))}.items())  # VHD's spelling of artifactTags
         target = m.VhdTarget(run_output, uri, tags) if run_output else None
     elif kind is not None:
         obj.problem("type", "target-type", f"unknown distribution type `{kind}`",
@@ -452,6 +509,75 @@ def _versioning(obj: ObjectReader) -> tuple[str | None, int | None]:
         v.problem("major", "versioning", "major goes with scheme Latest")
     v.finish()
     return scheme, major
+
+
+def _before_2020(api: str) -> bool:
+    """API 2019-05-01-preview (or another version older than 2020-02-14)."""
+    return api < API_2020
+
+
+def _is_version(value: str, *, latest: bool) -> bool:
+    return bool(_VERSION_RE.match(value)) or (latest and value.lower() == "latest")
+
+
+def _generated_name(kind: str, index: int, given: set[str] | frozenset[str]) -> str:
+    name, n = f"{kind}{index}", 2
+    while name.lower() in given:
+        name, n = f"{kind}{index}-{n}", n + 1
+    return name
+
+
+def _names_a_folder(uri: str) -> bool:
+    try:
+        path = urlsplit(uri).path
+    except ValueError:  # e.g. a broken IPv6 host; the download reports it
+        return False
+    return path.rsplit("/", 1)[-1] == ""
+
+
+def _string_map(obj: ObjectReader, name: str) -> tuple[tuple[str, str], ...]:
+    """Tags: an object whose values are strings (ARM tags and AIB artifactTags are string maps)."""
+    pairs = obj.string_map(name)
+    value = obj.raw(name)
+    if not isinstance(value, dict):
+        return pairs
+    for key, item in value.items():
+        if not isinstance(item, (str, dict, list)):  # string_map reported objects and lists
+            obj.problems.append(Problem(child(obj.path_of(name), key), "type",
+                                        f"must be a string, not {type_name(item)}",
+                                        "tag values are strings: put the value in quotes"))
+    return tuple(pair for pair in pairs if isinstance(value.get(pair[0]), str))
+
+
+def _exit_codes_field(obj: ObjectReader, api: str) -> str:
+    """validExitCodes; AIB's 2019-05-01-preview reference also spells it valid_exit_codes."""
+    if not obj.has("valid_exit_codes"):
+        return "validExitCodes"
+    if not _before_2020(api):
+        obj.ignore("valid_exit_codes")
+        obj.problem("valid_exit_codes", "field-spelling", f"valid_exit_codes is the API {API_2019} spelling",
+                    "use validExitCodes")
+        return "validExitCodes"
+    if obj.has("validExitCodes"):
+        obj.ignore("valid_exit_codes")
+        obj.problem("valid_exit_codes", "field-spelling", "give validExitCodes or valid_exit_codes, not both")
+        return "validExitCodes"
+    return "valid_exit_codes"
+
+
+def _check_explicit_version(obj: ObjectReader, gallery_id: str, api: str) -> None:
+    """galleryImageId names an image definition (versions numbered by AIB) or, from API
+    2020-02-14 on, an explicit version to create."""
+    found = _GALLERY_VERSION_RE.search(gallery_id)
+    if found is None:
+        return
+    if _before_2020(api):
+        obj.problem("galleryImageId", "gallery-version",
+                    f"API {api} numbers image versions itself: galleryImageId names an image definition",
+                    f"drop /versions/{found.group(1)}, or use apiVersion {API_2020} or newer")
+    elif not _is_version(found.group(1), latest=False):
+        obj.problem("galleryImageId", "version-format", f"`{found.group(1)}` is not an image version number",
+                    ".../versions/1.0.0, or end at the image definition to number versions automatically")
 
 
 def _check_unique_names(items: tuple[m.Customizer, ...], path: str, problems: list[Problem]) -> None:

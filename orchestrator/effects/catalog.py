@@ -12,7 +12,8 @@ from orchestrator.effects.files import link_or_copy, sha256_file
 from orchestrator.effects.state import ImageRecord, StateStore
 from orchestrator.errors import SourceNotFound, UsageError
 
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_VERSION_RE = re.compile(r"^\d{1,10}(\.\d{1,10}){0,3}$")  # what a template's `version` may name
 
 
 def version_key(version: str) -> tuple:
@@ -27,13 +28,16 @@ class Catalog:
 
     def import_image(self, path: Path, publisher: str, offer: str, sku: str, version: str,
                      replace: bool = False) -> ImageRecord:
-        for label, value in (("publisher", publisher), ("offer", offer), ("sku", sku), ("version", version)):
-            if not _VERSION_RE.match(value):
+        for label, value in (("publisher", publisher), ("offer", offer), ("sku", sku)):
+            if not _NAME_RE.match(value):
                 raise UsageError(f"{label} {value!r} is not a valid name",
                                  hint="letters, digits, '.', '-' and '_' (at most 64)")
         if version.lower() == "latest":
             raise UsageError("`latest` is resolved at build time and cannot be imported as a version",
                              hint="import with a real version such as 2026.11.23")
+        if not _VERSION_RE.match(version):
+            raise UsageError(f"version {version!r} is not a version number",
+                             hint="dotted numbers, as Azure image versions are: e.g. 0.20261123.0")
         if not path.is_file():
             raise UsageError(f"no image file at {path}", hint="give the path of a qcow2 or raw disk image")
         existing = [r for r in self.state.images(publisher, offer, sku) if r.version == version]
