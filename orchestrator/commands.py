@@ -17,7 +17,6 @@ from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.errors import SourceNotFound, UsageError
 
-_STATE_COLUMNS = ("id", "template_name", "run_state", "run_sub_state", "message")
 
 
 def emit(data: Any) -> None:

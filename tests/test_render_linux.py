@@ -136,10 +136,13 @@ def test_disk_grows_to_os_disk_size(tmp_path):
 
 
 def test_disk_cannot_shrink(tmp_path):
-    from orchestrator.errors import BuildFailed
+    from orchestrator.errors import TemplateInvalid
 
-    with pytest.raises(BuildFailed, match="can only grow"):
+    with pytest.raises(TemplateInvalid) as err:
         _render(tmp_path, linux_template(vmProfile={"osDiskSizeGB": 2}))
+    [problem] = err.value.problems
+    assert (problem.path, problem.rule) == ("$.properties.vmProfile.osDiskSizeGB", "disk-grow-only")
+    assert "can only grow" in problem.message
 
 
 def test_generalize_script_prefers_override_and_cleans_up(tmp_path):

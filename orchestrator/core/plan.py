@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 from orchestrator.core import model as m
 from orchestrator.core.vmsizes import vm_resources
-from orchestrator.errors import BuildFailed
+from orchestrator.core.problems import Problem
+from orchestrator.errors import TemplateInvalid
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -110,11 +111,11 @@ def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> B
     source_mib = -(-source.virtual_size // MIB)  # whole MiB, rounded up
     requested_mib = template.vm_profile.os_disk_size_gb * 1024
     if requested_mib and requested_mib < source_mib:
-        raise BuildFailed(
-            f"osDiskSizeGB {template.vm_profile.os_disk_size_gb} is smaller than the source image "
+        raise TemplateInvalid([Problem(
+            "$.properties.vmProfile.osDiskSizeGB", "disk-grow-only",
+            f"{template.vm_profile.os_disk_size_gb} GB is smaller than the source image "
             f"({source_mib / 1024:.1f} GiB): a disk can only grow",
-            hint="raise osDiskSizeGB or set it to 0 to keep the source size",
-        )
+            "raise osDiskSizeGB, or set it to 0 to keep the source size")], name)
     steps = [_step(i, c, "customize") for i, c in enumerate(template.customize, 1)]
     if template.validate is not None:
         offset = len(steps)

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from orchestrator.core.hcl import hcl_string, hcl_value
-from orchestrator.core.plan import BuildPlan, Step
+from orchestrator.core.plan import BuildPlan
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "packer_templates"
 BUILD_USER = "packer"

@@ -62,7 +62,7 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
     kind = root.string("type")
     if kind is not None and kind.lower() not in _TEMPLATE_TYPES:
         root.problem("type", "resource-type", f"`{kind}` is not an image template",
-                     f"use \"type\": \"Microsoft.VirtualMachineImages/imageTemplates\"")
+                     "use \"type\": \"Microsoft.VirtualMachineImages/imageTemplates\"")
     api = root.string("apiVersion", required=True, hint=f"e.g. \"{API_2020}\"")
     if api is not None and not _API_RE.match(api):
         root.problem("apiVersion", "api-version", f"`{api}` is not an API version",
