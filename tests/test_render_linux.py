@@ -176,3 +176,19 @@ def test_packer_validate_accepts_rendered_hcl(tmp_path):
     result = subprocess.run(["packer", "validate", str(work / "build.pkr.hcl")], capture_output=True, text=True,
                             env=env, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_large_vm_sizes_are_fitted_to_the_host(tmp_path):
+    from orchestrator.effects.runlog import RunLog
+    from orchestrator.engine import fit_to_host, host_resources
+
+    plan, _, _ = _render(tmp_path, linux_template(vmProfile={"vmSize": "Standard_D16s_v3"}))
+    cpus, memory = host_resources()
+    with RunLog(tmp_path / "log") as log:
+        fitted = fit_to_host(plan, log)
+    assert (fitted.cpus, fitted.memory_mib) == (min(16, cpus), min(65536, memory * 3 // 4))
+    (tmp_path / "s").mkdir()
+    small, _, _ = _render(tmp_path / "s", linux_template(vmProfile={"vmSize": "Standard_B1s"}))
+    with RunLog(tmp_path / "log2") as log:
+        assert fit_to_host(small, log) is small
+    assert (tmp_path / "log2").read_text() == ""
