@@ -106,9 +106,11 @@ def _report_error(exc: OrchestratorError, want_json: bool) -> None:
             "problems": [p.as_dict() for p in problems]}}, indent=2))
         return
     print(f"error: {exc.message}", file=sys.stderr)
+    hinted: set[str] = set()
     for problem in problems:
         print(f"  {problem.path}: {problem.message} [{problem.rule}]", file=sys.stderr)
-        if problem.hint:
+        if problem.hint and problem.hint not in hinted:  # a hint once, where it first applies
+            hinted.add(problem.hint)
             print(f"      hint: {problem.hint}", file=sys.stderr)
     if exc.hint:
         print(f"  hint: {exc.hint}", file=sys.stderr)

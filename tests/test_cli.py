@@ -140,3 +140,17 @@ def test_arm_functions_take_resource_group_and_subscription_from_environment(tmp
     assert plan["name"] == "arm"
     missing = orchestrate("validate", str(path), "-p", "nosuch=1", home=home)
     assert missing.returncode == 2 and "$.parameters" in missing.stderr
+
+
+def test_a_json_file_that_is_no_template_gets_one_clear_problem(tmp_path, home):
+    result = orchestrate("validate", str(write(tmp_path, {"<region>": "x", "foo": 1})), home=home)
+    assert result.returncode == 2
+    assert result.stderr.count("[not-a-template]") == 1 and "[unknown-field]" not in result.stderr
+
+
+def test_a_repeated_hint_is_printed_once(tmp_path, home):
+    data = linux_template()
+    data["a"], data["b"] = 1, 2
+    result = orchestrate("validate", str(write(tmp_path, data)), home=home)
+    assert result.stderr.count("unknown field") == 2
+    assert result.stderr.count("check the spelling against AIB") == 1

@@ -57,6 +57,12 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
         problems.append(Problem("$", "type", "a template must be a JSON object",
                                 "the file should start with `{` and hold one imageTemplates resource"))
         return None
+    if not {k.lower() for k in data} & {"properties", "type", "apiversion"}:
+        problems.append(Problem("$", "not-a-template",
+                                "this is not an image template: it has no `type`, `apiVersion` or `properties`",
+                                "give the JSON of a Microsoft.VirtualMachineImages/imageTemplates resource, "
+                                "or an ARM deployment template holding one in `resources`"))
+        return None
     problems.extend(find_placeholders(data, "$"))
     root = ObjectReader(data, "$", problems)
     kind = root.string("type")
