@@ -113,7 +113,8 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
         return 0
     print(f"template {name} ({plan.os_type})")
     print(f"  source:   {plan.source.description}")
-    print(f"  build VM: {plan.vm_size} -> {plan.cpus} vCPU, {plan.memory_mib} MiB; disk {plan.disk_size_mib} MiB; "
+    disk = f"{plan.disk_size_mib} MiB" if plan.disk_size_mib else "the source's size"
+    print(f"  build VM: {plan.vm_size} -> {plan.cpus} vCPU, {plan.memory_mib} MiB; disk {disk}; "
           f"timeout {plan.timeout_minutes} min")
     print("  steps:")
     for step in plan.steps:
