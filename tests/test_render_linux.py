@@ -152,7 +152,8 @@ def test_generalize_script_prefers_override_and_cleans_up(tmp_path):
     assert "/usr/sbin/waagent -force -deprovision+user && export HISTSIZE=0 && sync" in script
     finalize = script.split("<<'FINALIZE'\n", 1)[1]
     for needle in ("userdel -f -r packer", "rm -f /etc/ssh/ssh_host_*", ": > /etc/machine-id",
-                   "find /var/lib/cloud -mindepth 1 -maxdepth 1 ! -name seed", "boot-finished", "shutdown -P now"):
+                   "find /var/lib/cloud -mindepth 1 -maxdepth 1 ! -name seed",
+                   "systemctl stop cloud-config.service cloud-final.service", "shutdown -P now"):
         assert needle in finalize
 
 
