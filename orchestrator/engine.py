@@ -155,7 +155,8 @@ class Engine:
 
         result = run_packer(self.config.packer, work / "build.pkr.hcl", log, rendered.provisioners,
                             deadline=deadline, cancel=cancel, cache_dir=self.config.home / "cache" / "packer",
-                            vm_marker=str(work), on_source=on_source, on_line=on_line)
+                            vm_marker=str(work), on_source=on_source, on_line=on_line,
+                            keep_on_error=plan.on_customizer_error == "abort")
         if result.timed_out:
             raise BuildTimeout(
                 f"the build timed out after buildTimeoutInMinutes ({plan.timeout_minutes} min) "
@@ -166,8 +167,14 @@ class Engine:
         if result.exit_code != 0:
             detail = "; ".join(result.errors[-2:]) or f"packer exited with {result.exit_code}"
             if result.last_phase.startswith(("customizer:", "validation:")):
-                raise CustomizerFailed(f"{_describe(result.last_phase)} failed: {detail}",
-                                       hint=f"see the [{result.last_phase}] lines in {log.path}")
+                hint = f"see the [{result.last_phase}] lines in {log.path}"
+                kept = work / "packer-output" / "disk.qcow2"
+                if plan.on_customizer_error == "abort" and kept.is_file():
+                    # AIB keeps the build VM on abort; here its disk stays, with the run's SSH key
+                    log.write("orchestrator", f"errorHandling.onCustomizerError is abort: the build VM's disk "
+                              f"is kept at {kept} (SSH key {work / 'id_ed25519'}, user packer)")
+                    hint += f"; the build VM's disk is kept at {kept} for inspection"
+                raise CustomizerFailed(f"{_describe(result.last_phase)} failed: {detail}", hint=hint)
             raise BuildFailed(f"the build failed during {_describe(result.last_phase)}: {detail}",
                               hint=f"see {log.path}")
         disk = work / "packer-output" / "disk.qcow2"

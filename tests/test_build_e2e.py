@@ -138,12 +138,12 @@ def test_deprovisioning_script_override(tmp_path, imported_home):
     assert "running default" not in log
 
 
-def test_failing_customizer_names_itself(tmp_path, imported_home):
+def test_failing_customizer_names_itself_and_abort_keeps_the_disk(tmp_path, imported_home):
     data = linux_template(customize=[
-        {"type": "Shell", "name": "fine", "inline": ["echo fine"]},
+        {"type": "Shell", "name": "fine", "inline": ["echo fine | sudo tee /etc/fine.txt", "sync"]},
         {"type": "Shell", "name": "breakMe", "inline": ["echo about to fail", "exit 3"]},
         {"type": "Shell", "name": "never", "inline": ["echo never-runs"]},
-    ])
+    ], errorHandling={"onCustomizerError": "abort"})
     path = tmp_path / "fail.json"
     path.write_text(dumps(data))
     home = imported_home.home
@@ -157,6 +157,11 @@ def test_failing_customizer_names_itself(tmp_path, imported_home):
     assert "never-runs" not in log.replace("echo never-runs", "")
     assert not list(imported_home.artifacts_dir.rglob("*.vhd"))
     assert qemu_pids(str(imported_home.runs_dir)) == []
+    kept = Path(run["log_path"]).parent / "packer-output" / "disk.qcow2"
+    assert f"disk is kept at {kept}" in result.stderr
+    raw = tmp_path / "kept.raw"  # the kept disk holds the state the failure left
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(kept), str(raw)], check=True)
+    assert Ext4Image(raw).read("/etc/fine.txt") == b"fine\n"
 
 
 def test_timeout_kills_the_build_and_leaves_no_qemu(tmp_path, imported_home):

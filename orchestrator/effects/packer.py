@@ -77,8 +77,11 @@ class SourceTracker:
 def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[ProvisionerBlock], *,
                deadline: float, cancel: threading.Event, cache_dir: Path, vm_marker: str,
                on_source: Callable[[str], None] = lambda s: None,
-               on_line: Callable[[str, str], None] = lambda s, l: None) -> PackerResult:
-    argv = [packer, "build", "-color=false", "-on-error=cleanup", str(hcl_path)]
+               on_line: Callable[[str, str], None] = lambda s, l: None,
+               keep_on_error: bool = False) -> PackerResult:
+    # abort: Packer leaves the build VM's disk in place (the VM itself is stopped below)
+    on_error = "abort" if keep_on_error else "cleanup"
+    argv = [packer, "build", "-color=false", f"-on-error={on_error}", str(hcl_path)]
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=packer_env(cache_dir), cwd=hcl_path.parent, start_new_session=True,
@@ -112,17 +115,21 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
         try:
             raw = lines.get(timeout=0.5)
         except queue.Empty:
+            # A build VM that Packer left running (-on-error=abort) holds our pipe open: Packer's
+            # own exit is the end, not the pipe's.
+            if proc.poll() is not None:
+                break
             continue
         if raw is None:
             break
-        line = _ANSI.sub("", raw.rstrip("\n"))
-        started = tracker.feed(line)
-        if started:
-            on_source(started)
-        log.write(tracker.current, line)
-        on_line(tracker.current, line)
-        if "errored" in line or line.startswith("==> qemu: Error") or "Script exited with non-zero" in line:
-            result.errors.append(line.strip())
+        _take_line(raw, tracker, result, log, on_source, on_line)
+    while True:  # what was read before Packer exited
+        try:
+            raw = lines.get_nowait()
+        except queue.Empty:
+            break
+        if raw is not None:
+            _take_line(raw, tracker, result, log, on_source, on_line)
     result.exit_code = proc.wait()
     log.write("orchestrator", f"packer exited with {result.exit_code}")
     result.last_phase = tracker.phase
@@ -130,6 +137,18 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
     if killed:
         log.write("orchestrator", f"killed {killed} leftover QEMU process(es) of this build")
     return result
+
+
+def _take_line(raw: str, tracker: SourceTracker, result: PackerResult, log: RunLog,
+               on_source: Callable[[str], None], on_line: Callable[[str, str], None]) -> None:
+    line = _ANSI.sub("", raw.rstrip("\n"))
+    started = tracker.feed(line)
+    if started:
+        on_source(started)
+    log.write(tracker.current, line)
+    on_line(tracker.current, line)
+    if "errored" in line or line.startswith("==> qemu: Error") or "Script exited with non-zero" in line:
+        result.errors.append(line.strip())
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
