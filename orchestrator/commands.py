@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import Config
 from orchestrator.core import model as m
@@ -16,6 +16,9 @@ from orchestrator.core.document import is_trigger, load_document, load_trigger, 
 from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.errors import SourceNotFound, UsageError
+
+if TYPE_CHECKING:
+    from orchestrator.effects.state import StateStore
 
 
 
@@ -255,19 +258,20 @@ def cmd_runs(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _get_run(config: Config, run_id: str) -> dict[str, Any]:
-    run = _store(config).run(run_id)
+def _get_run(store: "StateStore", run_id: str) -> dict[str, Any]:
+    run = store.run(run_id)
     if run is None:
         raise UsageError(f"no run {run_id!r}", hint="`orchestrate runs` lists them")
     return run
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    run = _get_run(config, args.run_id)
+    store = _store(config)
+    run = _get_run(store, args.run_id)
     data = {"id": run["id"], "templateName": run["template_name"], "source": run["source"],
             "resolvedVersion": run["resolved_version"], "buildDigest": run["build_digest"],
             "log": run["log_path"], "lastRunStatus": _last_run_status(run),
-            "runOutputs": _store(config).outputs(run["id"])}
+            "runOutputs": store.outputs(run["id"])}
     if args.json:
         emit(data)
     else:
@@ -294,7 +298,7 @@ def cmd_output(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     store = _store(config)
-    run = _get_run(config, args.run_id)
+    run = _get_run(store, args.run_id)
     if run["run_state"] != "Running" or not run["pid"]:
         raise UsageError(f"run {args.run_id} is not running ({run['run_state']})")
     store.update_run(args.run_id, run_state="Canceling")
@@ -307,6 +311,6 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, config: Config) -> int:
-    run = _get_run(config, args.run_id)
+    run = _get_run(_store(config), args.run_id)
     sys.stdout.write(read_text(run["log_path"], "log"))
     return 0

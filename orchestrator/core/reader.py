@@ -115,16 +115,18 @@ class ObjectReader:
         return out
 
     def string_map(self, name: str) -> tuple[tuple[str, str], ...]:
+        """An object whose values are strings (ARM tags and AIB artifactTags are string maps)."""
         value = self.get(name, dict, None)
         if not value:
             return ()
         pairs = []
         for key, item in value.items():
-            if isinstance(item, (dict, list)):
+            if not isinstance(item, str):
                 self.problems.append(Problem(child(self.path_of(name), key), "type",
-                                             f"must be a string, not {type_name(item)}"))
+                                             f"must be a string, not {type_name(item)}",
+                                             "tag values are strings: put the value in quotes"))
                 continue
-            pairs.append((key, "" if item is None else str(item)))
+            pairs.append((key, item))
         return tuple(pairs)
 
     def ignore(self, *names: str) -> None:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from orchestrator.core import model as m
 from orchestrator.core.problems import Problem, child
-from orchestrator.core.reader import ObjectReader, type_name
+from orchestrator.core.reader import ObjectReader
 from orchestrator.core.vmsizes import VM_SIZES
 from orchestrator.errors import TemplateInvalid
 
@@ -80,7 +80,7 @@ def read_template(data: Any, problems: list[Problem]) -> m.ImageTemplate | None:
     api = api or API_2020
     name = root.string("name")
     location = root.string("location")
-    tags = _string_map(root, "tags")
+    tags = root.string_map("tags")
     identity = _identity(root)
     depends_on = root.strings("dependsOn") or ()
     root.ignore("id", "comments", "$schema")
@@ -443,7 +443,7 @@ def _target(obj: ObjectReader, api: str = API_2020) -> m.Target | None:
         obj.problem("runOutputName", "run-output-name",
                     f"`{run_output}` does not match ^[A-Za-z0-9-_.]{{1,64}}$",
                     "letters, digits, '-', '_' and '.', at most 64")
-    tags = _string_map(obj, "artifactTags")
+    tags = obj.string_map("artifactTags")
     lowered = (kind or "").lower()
     target: m.Target | None = None
     if lowered == "managedimage":
@@ -483,7 +483,7 @@ def _target(obj: ObjectReader, api: str = API_2020) -> m.Target | None:
             scheme, major, tags) if run_output and gallery_id else None
     elif lowered == "vhd":
         uri = obj.string("uri")
-        tags = tuple({**dict(tags), **dict(_string_map(obj, "tags"))}.items())  # VHD's spelling of artifactTags
+        tags = tuple({**dict(tags), **dict(obj.string_map("tags"))}.items())  # VHD's spelling of artifactTags
         target = m.VhdTarget(run_output, uri, tags) if run_output else None
     elif kind is not None:
         obj.problem("type", "target-type", f"unknown distribution type `{kind}`",
@@ -539,20 +539,6 @@ def _names_a_folder(uri: str) -> bool:
     except ValueError:  # e.g. a broken IPv6 host; the download reports it
         return False
     return path.rsplit("/", 1)[-1] == ""
-
-
-def _string_map(obj: ObjectReader, name: str) -> tuple[tuple[str, str], ...]:
-    """Tags: an object whose values are strings (ARM tags and AIB artifactTags are string maps)."""
-    pairs = obj.string_map(name)
-    value = obj.raw(name)
-    if not isinstance(value, dict):
-        return pairs
-    for key, item in value.items():
-        if not isinstance(item, (str, dict, list)):  # string_map reported objects and lists
-            obj.problems.append(Problem(child(obj.path_of(name), key), "type",
-                                        f"must be a string, not {type_name(item)}",
-                                        "tag values are strings: put the value in quotes"))
-    return tuple(pair for pair in pairs if isinstance(value.get(pair[0]), str))
 
 
 def _exit_codes_field(obj: ObjectReader, api: str) -> str:

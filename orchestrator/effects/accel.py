@@ -12,9 +12,10 @@ import json
 import os
 import queue
 import subprocess
-import threading
 import time
 from pathlib import Path
+
+from orchestrator.effects.proc import line_queue
 
 PROBE_TIMEOUT = 30.0
 _BOOTED = b"Linux version"
@@ -30,15 +31,8 @@ def guest_boots(image: Path, accel: str, qemu: str = "qemu-system-x86_64",
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except OSError:
         return False
-    lines: queue.Queue[bytes] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(b"")
-
-    threading.Thread(target=pump, daemon=True).start()
+    assert proc.stdout is not None
+    lines = line_queue(proc.stdout)
     deadline = time.monotonic() + timeout
     verdict = False
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from orchestrator.core.render import ProvisionerBlock
+from orchestrator.effects.proc import line_queue
 from orchestrator.effects.runlog import RunLog
 from orchestrator.errors import EnvironmentProblem
 
@@ -39,14 +40,6 @@ def packer_env(cache_dir: Path) -> dict[str, str]:
         "PACKER_PLUGIN_PATH": str(cache_dir / "plugins"),
     })
     return env
-
-
-def validate(packer: str, hcl_path: Path, cache_dir: Path) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run([packer, "validate", str(hcl_path)], capture_output=True, text=True,
-                              env=packer_env(cache_dir), cwd=hcl_path.parent, timeout=120)
-    except FileNotFoundError as exc:
-        raise EnvironmentProblem("Packer is not installed", hint="run scripts/setup-host.sh as root") from exc
 
 
 class SourceTracker:
@@ -88,15 +81,8 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
                                 text=True, errors="replace", bufsize=1)
     except FileNotFoundError as exc:
         raise EnvironmentProblem("Packer is not installed", hint="run scripts/setup-host.sh as root") from exc
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.put(raw)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    assert proc.stdout is not None
+    lines = line_queue(proc.stdout)
     tracker = SourceTracker(blocks)
     result = PackerResult(exit_code=None)
     stopping_since: float | None = None

@@ -1,8 +1,10 @@
 """One wrapper for running host tools: missing tools and failures become clear errors."""
 from __future__ import annotations
 
+import queue
 import subprocess
-from typing import Sequence
+import threading
+from typing import IO, AnyStr, Sequence
 
 from orchestrator.errors import BuildFailed, EnvironmentProblem
 
@@ -20,3 +22,17 @@ def run(argv: Sequence[str], what: str, timeout: float | None = 600) -> subproce
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
         raise BuildFailed(f"{what}: `{' '.join(argv[:2])}` failed (exit {result.returncode}): {tail}")
     return result
+
+
+def line_queue(stream: IO[AnyStr]) -> "queue.Queue[AnyStr | None]":
+    """The lines of a child's output, read by a thread, so the reader can wait with a timeout;
+    None marks the end of the stream."""
+    lines: queue.Queue[AnyStr | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines

@@ -99,11 +99,6 @@ class StateStore:
         with self._connect() as db:
             return [ImageRecord(**dict(row)) for row in db.execute(query, args)]
 
-    def remove_image(self, record: ImageRecord) -> None:
-        with self._connect() as db:
-            db.execute("DELETE FROM images WHERE publisher=? AND offer=? AND sku=? AND version=?",
-                       (record.publisher, record.offer, record.sku, record.version))
-
     # --- runs ----------------------------------------------------------------------------
     def start_run(self, template_name: str, template_path: str | None, log_path_for: Any) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
