@@ -75,3 +75,14 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def packer() -> str:
+    """The Packer binary. A missing Packer fails the test that needs it, in every module alike."""
+    import shutil
+
+    path = shutil.which("packer")
+    if path is None:
+        pytest.fail("packer is not installed: run scripts/setup-host.sh", pytrace=False)
+    return path
