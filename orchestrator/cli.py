@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import Sequence
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="orchestrate", description="Build Azure VM Image Builder templates on local KVM/QEMU hosts.")
     parser.add_argument("--version", action="version", version=f"orchestrate {__version__}")
     parser.add_argument("--home", help="data home (default: $ORCHESTRATOR_HOME or ~/.local/share/orchestrator)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="configuration file (default: $ORCHESTRATOR_CONFIG or config.toml in the data home)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    # Everything orchestrate creates (data home, keys, scripts, logs, images) is owner-only.
+    os.umask(os.umask(0o077) | 0o077)
     debug = "--debug" in args_list
     want_json = "--json" in args_list
     try:
@@ -119,7 +124,7 @@ def _report_error(exc: OrchestratorError, want_json: bool) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     from orchestrator import commands
 
-    config = load_config(args.home)
+    config = load_config(args.home, args.config)
     handler = getattr(commands, f"cmd_{args.command}")
     return handler(args, config)
 

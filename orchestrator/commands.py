@@ -4,18 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.config import Config
+from orchestrator.config import Config, make_private_dir
 from orchestrator.core import model as m
 from orchestrator.core.document import is_trigger, load_document, load_trigger, parse_json
 from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.render import RenderContext, render_linux
-from orchestrator.errors import SourceNotFound, UsageError
+from orchestrator.errors import SourceNotFound, TemplateInvalid, UsageError
 
 if TYPE_CHECKING:
     from orchestrator.effects.state import StateStore
@@ -26,17 +28,36 @@ def emit(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def read_text(path: str, what: str) -> str:
+MAX_INPUT_BYTES = 4 * 1024 * 1024  # ARM's limit for a deployment template
+
+
+def read_text(path: str, what: str, limit: int = MAX_INPUT_BYTES) -> str:
+    """A template, parameters file or log as text: a regular file of at most `limit` bytes
+    (a FIFO, /dev/zero or a huge file is refused before it is read)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UsageError(f"{what} {path} does not exist", hint="check the path") from None
     except IsADirectoryError:
         raise UsageError(f"{what} {path} is a directory", hint="give the path of a JSON file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} {path} is not UTF-8 text", hint="templates are JSON files") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise UsageError(f"{what} {path} is a directory", hint="give the path of a JSON file")
+        raise UsageError(f"{what} {path} is not a regular file (a device, FIFO or socket)",
+                         hint="save the JSON to a file and give its path")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UsageError(f"{what} {path} is larger than {limit // 2**20} MiB",
+                         hint="ARM and AIB refuse templates over 4 MiB; move large content into scripts")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path} is not UTF-8 text", hint="templates are JSON files") from None
 
 
 def load_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,6 +90,20 @@ def load(args: argparse.Namespace, config: Config) -> tuple[m.ImageTemplate, str
     return template, name, text
 
 
+def check_host_policy(config: Config, template: m.ImageTemplate, args: argparse.Namespace, name: str) -> None:
+    """What the template would make this host write or read, refused with JSON paths before
+    anything starts; reads the state database if there is one, creates nothing."""
+    from orchestrator.effects.hostpolicy import HostPolicy, template_problems
+    from orchestrator.effects.state import StateStore
+
+    store = StateStore.existing(config.db_path)
+    owned = store.wrote_artifact if store else (lambda path: False)
+    policy = HostPolicy.of(config, Path(args.template).resolve().parent)
+    problems = template_problems(template, policy, owned)
+    if problems:
+        raise TemplateInvalid(problems, f"{name} (on this host)")
+
+
 def cmd_validate(args: argparse.Namespace, config: Config) -> int:
     text = read_text(args.template, "template")
     if is_trigger(parse_json(text, args.template)):
@@ -79,6 +114,7 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
             print(f"{args.template}: valid {trigger.kind} trigger (a newer imported source image triggers a rebuild)")
         return 0
     template, name, _ = load(args, config)
+    check_host_policy(config, template, args, name)
     summary = {"ok": True, "name": name, "apiVersion": template.api_version, "osType": template.os_type,
                "source": template.source.kind, "customizers": len(template.customize),
                "targets": [t.run_output_name for t in template.distribute]}
@@ -91,16 +127,19 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
 
 
 def _plan_for_display(config: Config, template: m.ImageTemplate, name: str):
-    """A plan whose source is resolved if it can be; otherwise marked as not imported."""
-    from orchestrator.engine import Engine
+    """A plan whose source is resolved if it can be; otherwise marked as not imported.
+    Reads the catalog if the data home has one; creates nothing."""
+    from orchestrator.effects.catalog import Catalog
+    from orchestrator.effects.state import StateStore
 
-    engine = Engine(config)
     source = template.source
+    store = StateStore.existing(config.db_path)
     try:
-        if isinstance(source, m.PlatformImageSource):
-            resolved = engine.catalog.resolve(source)
-        else:
+        if not isinstance(source, m.PlatformImageSource):
             raise SourceNotFound(f"{source.kind} sources are not resolved locally yet")
+        if store is None:
+            raise SourceNotFound(f"no image is imported yet (no catalog in {config.home})")
+        resolved = Catalog(store, config.images_dir).resolve(source)
     except SourceNotFound as exc:
         resolved = ResolvedSource(description=f"{source.kind} (unresolved: {exc.message})",
                                   path=str(config.images_dir / "unresolved.qcow2"), format="qcow2",
@@ -109,10 +148,14 @@ def _plan_for_display(config: Config, template: m.ImageTemplate, name: str):
 
 
 def cmd_plan(args: argparse.Namespace, config: Config) -> int:
+    from orchestrator.engine import _shown_plan
+    from orchestrator.effects.downloads import display_url
+
     template, name, _ = load(args, config)
+    check_host_policy(config, template, args, name)
     plan = _plan_for_display(config, template, name)
     if args.json:
-        emit(plan.to_dict())
+        emit(_shown_plan(plan))
         return 0
     print(f"template {name} ({plan.os_type})")
     print(f"  source:   {plan.source.description}")
@@ -121,7 +164,7 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
           f"timeout {plan.timeout_minutes} min")
     print("  steps:")
     for step in plan.steps:
-        what = (f"fetch {step.download.url} (sha256 {step.download.sha256 or 'not given'})"
+        what = (f"fetch {display_url(step.download.url)} (sha256 {step.download.sha256 or 'not given'})"
                 if step.download else f"{len(step.inline)} inline command(s)" if step.inline else "")
         dest = f" -> {step.destination}" if step.destination else ""
         print(f"    {step.index}. {step.kind} {step.name!r} [{step.phase}] {what}{dest}")
@@ -138,8 +181,8 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
     """Prints the HCL, or with -o DIR writes it with every file it references (step scripts,
     cloud-init seed, a key pair) so that `packer validate DIR/build.pkr.hcl` runs as is.
     Downloads are not fetched: their paths are where `orchestrate build` caches them."""
-    from orchestrator.effects.files import write_atomic
     from orchestrator.effects.sshkeys import make_key_pair
+    from orchestrator.pipeline.build import KEY_NAME, write_rendered
 
     template, name, _ = load(args, config)
     plan = _plan_for_display(config, template, name)
@@ -148,9 +191,10 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
                  for d in plan.downloads}
     public_key = "ssh-ed25519 AAAA-not-written render"
     if args.output:
-        _, public_key = make_key_pair(work, f"orchestrator-render-{name}")
+        make_private_dir(work)
+        _, public_key = make_key_pair(work / KEY_NAME, f"orchestrator-render-{name}")
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
-                        ssh_private_key=str(work / "id_ed25519"), ssh_public_key=public_key,
+                        ssh_private_key=str(work / KEY_NAME), ssh_public_key=public_key,
                         accelerator=config.accelerator if config.accelerator != "auto" else "tcg",
                         downloads=downloads)
     secrets_files: dict[str, str] = {}
@@ -170,12 +214,7 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
     if not args.output:
         sys.stdout.write(rendered.hcl)
         return 0
-    for rel, content in rendered.files.items():
-        write_atomic(work / rel, content, mode=0o755 if rel.endswith((".sh", ".ps1")) else 0o644)
-    for rel, content in secrets_files.items():
-        write_atomic(work / rel, content, mode=0o600)
-    write_atomic(work / "build.pkr.hcl", rendered.hcl)
-    print(work / "build.pkr.hcl")
+    print(write_rendered(work, rendered, secrets_files))
     if secrets_files:
         print(f"the WinRM password is in {work / 'winrm.auto.pkrvars.hcl'}: run `packer validate {work}`")
     return 0
@@ -312,5 +351,10 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_logs(args: argparse.Namespace, config: Config) -> int:
     run = _get_run(_store(config), args.run_id)
-    sys.stdout.write(read_text(run["log_path"], "log"))
+    try:
+        with open(run["log_path"], "rb") as log:
+            shutil.copyfileobj(log, sys.stdout.buffer)
+    except OSError as exc:
+        raise UsageError(f"cannot read the log of run {args.run_id} ({run['log_path']}): {exc.strerror}",
+                         hint="the run directory may have been removed") from None
     return 0

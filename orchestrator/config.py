@@ -1,18 +1,33 @@
-"""Where things live, and the few settings a host may override by environment variable."""
+"""Where things live, and what a host may configure: environment variables and one TOML file.
+
+The configuration file is `config.toml` in the data home; `ORCHESTRATOR_CONFIG` or `--config`
+names another. It is optional: without it nothing outside the data home may be written or
+read on a template's behalf. tomllib (Python's own) reads it; a bad file gets its line.
+"""
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import EnvironmentProblem, UsageError
 
 HOME_ENV = "ORCHESTRATOR_HOME"
+CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 ACCEL_ENV = "ORCHESTRATOR_ACCELERATOR"  # auto (default), kvm or tcg
 # What ARM's resourceGroup() and subscription() return on-prem (defaults: "local", zero GUID).
 ARM_ENV = {"ORCHESTRATOR_SUBSCRIPTION_ID": ("subscription", "subscriptionId"),
            "ORCHESTRATOR_RESOURCE_GROUP": ("resourceGroup", "name"),
            "ORCHESTRATOR_LOCATION": ("resourceGroup", "location")}
+
+MIB = 1024 * 1024
+FILE_SOURCE_MAX_BYTES = 20 * MIB  # AIB's limit for a File customizer's source
+DEFAULT_SCRIPT_MAX_MIB = 64
+DEFAULT_STALL_SECONDS = 60.0
+DEFAULT_DOWNLOAD_SECONDS = 1800.0
+PRIVATE_DIR = 0o700
 
 
 @dataclass(frozen=True)
@@ -20,9 +35,18 @@ class Config:
     home: Path
     accelerator: str = "auto"
     packer: str = "packer"
-    qemu_img: str = "qemu-img"
     qemu_system: str = "qemu-system-x86_64"
     arm_context: tuple[tuple[str, str, str], ...] = ()  # (object, field, value)
+    config_file: Path | None = None  # the file these settings came from, if any
+    # Directories outside the data home that a VHD `uri` may name (resolved, absolute).
+    vhd_dirs: tuple[Path, ...] = ()
+    # Directories outside the data home's files/ and the template's own directory that a
+    # file:// scriptUri/sourceUri may name.
+    file_source_dirs: tuple[Path, ...] = ()
+    script_max_bytes: int = DEFAULT_SCRIPT_MAX_MIB * MIB
+    download_stall_seconds: float = DEFAULT_STALL_SECONDS  # no byte for this long: fail
+    download_seconds: float = DEFAULT_DOWNLOAD_SECONDS  # all downloads of a build, at most
+    vnc: bool = False  # the build VM's VNC console (127.0.0.1, per-run password) when asked for
 
     def arm_functions(self) -> dict[str, dict[str, str]]:
         context: dict[str, dict[str, str]] = {}
@@ -50,14 +74,30 @@ class Config:
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
 
+    @property
+    def files_dir(self) -> Path:
+        """Where file:// customizer sources may always live."""
+        return self.home / "files"
+
     def ensure(self) -> "Config":
+        """Creates the data home, owner-only (it holds run keys, logs and images)."""
         for path in (self.home, self.images_dir, self.cache_dir, self.runs_dir, self.artifacts_dir):
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise EnvironmentProblem(f"cannot create {path}: {exc.strerror}",
-                                         hint=f"set {HOME_ENV} to a writable directory") from exc
+            make_private_dir(path, hint=f"set {HOME_ENV} to a writable directory")
+        try:
+            if self.home.stat().st_mode & 0o077:
+                os.chmod(self.home, PRIVATE_DIR)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot make {self.home} owner-only: {exc.strerror}",
+                                     hint=f"set {HOME_ENV} to a directory you own") from exc
         return self
+
+
+def make_private_dir(path: Path, hint: str = "check the path and its permissions") -> None:
+    """mkdir -p with mode 0700 for every directory it creates."""
+    try:
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot create {path}: {exc.strerror}", hint=hint) from exc
 
 
 def default_home() -> Path:
@@ -67,11 +107,82 @@ def default_home() -> Path:
     return Path(base).expanduser().resolve() / "orchestrator"
 
 
-def load_config(home: str | None = None) -> Config:
+def load_config(home: str | None = None, config_file: str | None = None) -> Config:
     accel = os.environ.get(ACCEL_ENV, "auto").strip().lower() or "auto"
     if accel not in ("auto", "kvm", "tcg"):
         raise UsageError(f"{ACCEL_ENV}={accel!r} is not auto, kvm or tcg",
                          hint="unset it to let orchestrator probe whether KVM really runs a guest")
     path = Path(home).expanduser().resolve() if home else default_home()
     arm = tuple((obj, name, os.environ[var]) for var, (obj, name) in ARM_ENV.items() if os.environ.get(var))
-    return Config(home=path, accelerator=accel, arm_context=arm)
+    explicit = config_file or os.environ.get(CONFIG_ENV)
+    file = Path(explicit).expanduser() if explicit else path / "config.toml"
+    settings = _read_settings(file, required=bool(explicit))
+    return Config(home=path, accelerator=accel, arm_context=arm,
+                  config_file=file if settings is not None else None, **(settings or {}))
+
+
+# [section] key -> (Config field, kind)
+_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
+    "paths": {"vhd_dirs": ("vhd_dirs", "dirs"), "file_source_dirs": ("file_source_dirs", "dirs")},
+    "downloads": {"script_max_mib": ("script_max_bytes", "mib"),
+                  "stall_timeout_seconds": ("download_stall_seconds", "seconds"),
+                  "total_timeout_seconds": ("download_seconds", "seconds")},
+    "build_vm": {"vnc": ("vnc", "bool")},
+}
+
+
+def _read_settings(file: Path, *, required: bool) -> dict[str, Any] | None:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise UsageError(f"the configuration file {file} does not exist",
+                             hint=f"create it, or unset {CONFIG_ENV} / drop --config") from None
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the configuration file {file}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # its message names the line and column
+        raise UsageError(f"the configuration file {file} is not valid TOML: {exc}",
+                         hint="see the README's configuration section for the format") from None
+    settings: dict[str, Any] = {}
+    for section, values in data.items():
+        known = _SETTINGS.get(section)
+        if known is None or not isinstance(values, dict):
+            raise UsageError(f"{file}: unknown section [{section}]",
+                             hint=f"the sections are {', '.join(f'[{s}]' for s in _SETTINGS)}")
+        for key, value in values.items():
+            if key not in known:
+                raise UsageError(f"{file}: unknown setting {key!r} in [{section}]",
+                                 hint=f"[{section}] takes {', '.join(known)}")
+            field, kind = known[key]
+            settings[field] = _setting(file, f"{section}.{key}", kind, value)
+    return settings
+
+
+def _setting(file: Path, name: str, kind: str, value: Any) -> Any:
+    def bad(expected: str) -> UsageError:
+        return UsageError(f"{file}: {name} = {value!r} is not {expected}")
+
+    if kind == "dirs":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise bad("a list of directory paths")
+        dirs = []
+        for item in value:
+            path = Path(item).expanduser()
+            if not path.is_absolute():
+                raise UsageError(f"{file}: {name} entry {item!r} is not an absolute path")
+            resolved = path.resolve()
+            if resolved == Path("/"):
+                raise UsageError(f"{file}: {name} may not allow the whole file system ({item!r})",
+                                 hint="list the directories meant for images or files")
+            dirs.append(resolved)
+        return tuple(dirs)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise bad("a positive number")
+    return int(value * MIB) if kind == "mib" else float(value)

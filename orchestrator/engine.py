@@ -1,7 +1,8 @@
-"""Walks one build: plan -> fetch -> render -> Packer -> distribute, recording every step.
+"""Walks one build: plan -> fetch -> (reuse?) -> build -> distribute, recording every step.
 
-The engine raises OrchestratorError subclasses and reports progress through a callback;
-printing and exit codes belong to the CLI.
+A short sequencer: each phase lives in its own module (pipeline/fetch.py, pipeline/build.py,
+distribute/). The engine raises OrchestratorError subclasses and reports progress through a
+callback; printing and exit codes belong to the CLI.
 """
 from __future__ import annotations
 
@@ -12,27 +13,25 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import unquote, urlparse
 
 from orchestrator.config import Config
 from orchestrator.core import model as m
 from orchestrator.core.buildable import build_problems
-from orchestrator.core.plan import BuildPlan, TargetPlan, make_plan
-from orchestrator.core.render import RenderContext, RenderedBuild, render_linux
-from orchestrator.effects import qemu_img
+from orchestrator.core.plan import BuildPlan, make_plan
+from orchestrator.distribute import DistributeJob, distributor_for
 from orchestrator.effects.accel import choose_accelerator
 from orchestrator.effects.catalog import Catalog
-from orchestrator.effects.downloads import DownloadCache
-from orchestrator.effects.files import sha256_file, write_atomic
-from orchestrator.effects.packer import run_packer
+from orchestrator.effects.downloads import DownloadCache, display_url
+from orchestrator.effects.files import write_atomic
+from orchestrator.effects.hostpolicy import HostPolicy, template_problems
 from orchestrator.effects.runlog import RunLog
-from orchestrator.effects.sshkeys import make_key_pair
 from orchestrator.effects.state import StateStore
-from orchestrator.errors import (BuildFailed, BuildTimeout, Canceled, CustomizerFailed, OrchestratorError,
-                                 TemplateInvalid)
+from orchestrator.errors import Canceled, OrchestratorError, TemplateInvalid
+from orchestrator.pipeline.build import BuildVm, render_build, run_build
+from orchestrator.pipeline.fetch import fetch_all
 
 Progress = Callable[[str], None]
 
@@ -44,7 +43,6 @@ class BuildResult:
     outputs: list[dict[str, Any]]
     log_path: Path
     reused_run: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -57,8 +55,11 @@ class Engine:
     def run_dir(self, run_id: str) -> Path:
         return self.config.runs_dir / run_id
 
-    def plan(self, template: m.ImageTemplate, name: str) -> BuildPlan:
+    def plan(self, template: m.ImageTemplate, name: str, template_dir: Path | None = None) -> BuildPlan:
+        """The plan, or every reason this host will not build the template (with JSON paths)."""
         problems = build_problems(template)
+        policy = HostPolicy.of(self.config, template_dir)
+        problems += template_problems(template, policy, self.state.wrote_artifact)
         if problems:
             raise TemplateInvalid(problems, f"{name} (for `orchestrate build`)")
         assert isinstance(template.source, m.PlatformImageSource)
@@ -67,24 +68,53 @@ class Engine:
     def build(self, template: m.ImageTemplate, name: str, template_text: str, template_path: str | None,
               progress: Progress = lambda s: None, force: bool = False,
               cancel: threading.Event | None = None) -> BuildResult:
-        plan = self.plan(template, name)  # refuses before a run is recorded
+        template_dir = Path(template_path).parent if template_path else None
+        plan = self.plan(template, name, template_dir)  # refuses before a run is recorded
+        policy = HostPolicy.of(self.config, template_dir)
         cancel = cancel or threading.Event()
         run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log")
         work = self.run_dir(run_id)
-        work.mkdir(parents=True)
+        work.mkdir(mode=0o700, parents=True)
         log = RunLog(work / "customization.log")
         self.state.update_run(run_id, pid=os.getpid(), source=plan.source.description,
                               resolved_version=plan.source.resolved_version)
         deadline = time.monotonic() + plan.timeout_minutes * 60
         restore = _install_cancel_handlers(cancel)
+        vm: BuildVm | None = None
         try:
             write_atomic(work / "template.json", template_text)
-            write_atomic(work / "plan.json", json.dumps(plan.to_dict(), indent=2))
+            write_atomic(work / "plan.json", json.dumps(_shown_plan(plan), indent=2))
             log.write("orchestrator", f"run {run_id}: {name}, source {plan.source.description}, "
                       f"{plan.cpus} vCPU / {plan.memory_mib} MiB ({plan.vm_size}), disk {plan.disk_size_mib} MiB, "
                       f"timeout {plan.timeout_minutes} min")
-            result = self._build(plan, run_id, work, log, progress, force, cancel, deadline)
-            return result
+            self._sub_state(run_id, "Building", progress, "fetching customizer files")
+            fetched = fetch_all(plan, self.cache, self.config, policy, log, cancel, deadline)
+            digest = plan.digest(fetched.digests)
+            self.state.update_run(run_id, build_digest=digest)
+            reused = None if force else self._reuse(plan, run_id, digest, log, progress)
+            if reused:
+                return reused
+
+            accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
+                                            Path(plan.source.path), self.config.qemu_system)
+            log.write("orchestrator", f"accelerator: {accel} ({why})")
+            plan = fit_to_host(plan, log)
+            rendered, vm = render_build(plan, work, run_id, accel, fetched.paths, self.config.vnc)
+            self._sub_state(run_id, "Building", progress, f"booting the build VM ({accel})")
+            run_build(plan, self.config, work, rendered, vm, log, deadline, cancel,
+                      self._step_reporter(run_id, progress, rendered))
+
+            self._sub_state(run_id, "Distributing", progress, "distributing")
+            for target in plan.targets:
+                if cancel.is_set():
+                    raise Canceled("the build was canceled while distributing")
+                distributor_for(target.kind).distribute(DistributeJob(
+                    self.config, self.state, plan, target, run_id, vm.disk, log, progress, cancel,
+                    self.state.wrote_artifact))
+            shutil.rmtree(work / "packer-output", ignore_errors=True)
+            self.state.finish_run(run_id, "Succeeded", "")
+            log.write("orchestrator", "Succeeded")
+            return BuildResult(run_id, "Succeeded", self.state.outputs(run_id), log.path)
         except OrchestratorError as exc:
             state = "Canceled" if isinstance(exc, Canceled) else "Failed"
             log.write("orchestrator", f"{state}: {exc.message}")
@@ -98,42 +128,14 @@ class Engine:
             log.write("orchestrator", f"internal error: {exc!r}")
             raise
         finally:
+            if vm is not None:
+                vm.discard_key()
+                if vm.kept:
+                    log.write("orchestrator", f"the run's SSH key is kept with the build VM's disk: {vm.key}")
             restore()
             log.close()
 
-    def _build(self, plan: BuildPlan, run_id: str, work: Path, log: RunLog, progress: Progress,
-               force: bool, cancel: threading.Event, deadline: float) -> BuildResult:
-        self._sub_state(run_id, "Building", progress, "fetching customizer files")
-        downloads: dict[str, str] = {}
-        digests: dict[str, str] = {}
-        for item in plan.downloads:
-            if cancel.is_set():
-                raise Canceled("the build was canceled while fetching files")
-            fetched = self.cache.fetch(item.url, item.sha256, f"customizer {item.customizer!r}, {item.json_path}")
-            verified = "sha256 verified" if item.sha256 else "no sha256Checksum given"
-            log.write("orchestrator", f"fetched {item.url} for {item.customizer!r}: {fetched.size} bytes, "
-                      f"sha256 {fetched.sha256} ({verified}{', from cache' if fetched.from_cache else ''})")
-            downloads[item.url] = str(fetched.path)
-            digests[item.url] = fetched.sha256
-        digest = plan.digest(digests)
-        self.state.update_run(run_id, build_digest=digest)
-        if not force:
-            reused = self._reuse(plan, run_id, digest, log, progress)
-            if reused:
-                return reused
-
-        accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
-                                        Path(plan.source.path), self.config.qemu_system)
-        log.write("orchestrator", f"accelerator: {accel} ({why})")
-        plan = fit_to_host(plan, log)
-        key_path, public_key = make_key_pair(work, f"orchestrator-{run_id}")
-        ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
-                            ssh_private_key=str(key_path), ssh_public_key=public_key, accelerator=accel,
-                            downloads=downloads)
-        rendered = render_linux(plan, ctx)
-        _write_rendered(work, rendered)
-
-        self._sub_state(run_id, "Building", progress, f"booting the build VM ({accel})")
+    def _step_reporter(self, run_id: str, progress: Progress, rendered) -> Callable[[str], None]:
         customizers = [b.source for b in rendered.provisioners if b.source.startswith("customizer:")]
         order = list(dict.fromkeys(customizers))
 
@@ -149,74 +151,24 @@ class Engine:
             elif source == "shutdown":
                 progress("shutting down the build VM")
 
-        def on_line(source: str, line: str) -> None:
-            if source == "generalize" and "orchestrator-generalize: running" in line:
-                log.write("orchestrator", "generalize: " + line.split("orchestrator-generalize: ", 1)[1])
-
-        result = run_packer(self.config.packer, work / "build.pkr.hcl", log, rendered.provisioners,
-                            deadline=deadline, cancel=cancel, cache_dir=self.config.home / "cache" / "packer",
-                            vm_marker=str(work), on_source=on_source, on_line=on_line,
-                            keep_on_error=plan.on_customizer_error == "abort")
-        if result.timed_out:
-            raise BuildTimeout(
-                f"the build timed out after buildTimeoutInMinutes ({plan.timeout_minutes} min) "
-                f"during {_describe(result.last_phase)}: context deadline exceeded",
-                hint="raise buildTimeoutInMinutes (at most 960), or see customization.log for the slow step")
-        if result.canceled:
-            raise Canceled(f"the build was canceled during {_describe(result.last_phase)}")
-        if result.exit_code != 0:
-            detail = "; ".join(result.errors[-2:]) or f"packer exited with {result.exit_code}"
-            if result.last_phase.startswith(("customizer:", "validation:")):
-                hint = f"see the [{result.last_phase}] lines in {log.path}"
-                kept = work / "packer-output" / "disk.qcow2"
-                if plan.on_customizer_error == "abort" and kept.is_file():
-                    # AIB keeps the build VM on abort; here its disk stays, with the run's SSH key
-                    log.write("orchestrator", f"errorHandling.onCustomizerError is abort: the build VM's disk "
-                              f"is kept at {kept} (SSH key {work / 'id_ed25519'}, user packer)")
-                    hint += f"; the build VM's disk is kept at {kept} for inspection"
-                raise CustomizerFailed(f"{_describe(result.last_phase)} failed: {detail}", hint=hint)
-            raise BuildFailed(f"the build failed during {_describe(result.last_phase)}: {detail}",
-                              hint=f"see {log.path}")
-        disk = work / "packer-output" / "disk.qcow2"
-        if not disk.is_file():
-            raise BuildFailed(f"Packer finished but left no disk at {disk}", hint=f"see {log.path}")
-
-        self._sub_state(run_id, "Distributing", progress, "distributing")
-        for target in plan.targets:
-            if cancel.is_set():
-                raise Canceled("the build was canceled while distributing")
-            self._distribute_vhd(plan, target, run_id, disk, log, progress)
-        shutil.rmtree(work / "packer-output", ignore_errors=True)
-        self.state.finish_run(run_id, "Succeeded", "")
-        log.write("orchestrator", "Succeeded")
-        return BuildResult(run_id, "Succeeded", self.state.outputs(run_id), log.path)
-
-    def _distribute_vhd(self, plan: BuildPlan, target: TargetPlan, run_id: str, disk: Path, log: RunLog,
-                        progress: Progress) -> None:
-        progress(f"writing VHD {target.run_output_name!r}")
-        dest = vhd_destination(self.config, plan.name, target, run_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        size = qemu_img.export_fixed_vhd(disk, dest)
-        converted = time.monotonic()
-        digest = sha256_file(dest)
-        log.write("orchestrator", f"VHD {target.run_output_name!r}: {dest} ({size // 2**20} MiB fixed, "
-                  f"sha256 {digest}; converted in {converted - started:.1f} s, "
-                  f"hashed in {time.monotonic() - converted:.1f} s)")
-        self.state.set_output(run_id, target.run_output_name, "VHD", "Succeeded", artifact_id=str(dest),
-                              artifact_uri=dest.as_uri(), details={
-                                  "path": str(dest), "sizeBytes": size, "fileBytes": dest.stat().st_size,
-                                  "sha256": digest, "format": "vpc", "subformat": "fixed",
-                                  "artifactTags": dict(target.artifact_tags)})
+        return on_source
 
     def _reuse(self, plan: BuildPlan, run_id: str, digest: str, log: RunLog,
                progress: Progress) -> BuildResult | None:
+        """An earlier run with the same digest, if each of its artifacts is still what it recorded."""
         previous = self.state.last_success(plan.name, digest)
         if previous is None:
             return None
-        outputs = self.state.outputs(previous["id"])
-        if len(outputs) != len(plan.targets) or not all(_output_intact(o) for o in outputs):
+        outputs = self.state.outputs(previous["id"], internal=True)
+        if len(outputs) != len(plan.targets):
             return None
+        for output in outputs:
+            verdict = distributor_for(output["type"]).reusable(output)
+            if verdict.why:
+                log.write("orchestrator", f"run output {output['name']!r} of run {previous['id']}: {verdict.why}")
+            if not verdict.ok:
+                log.write("orchestrator", "not up to date: building again")
+                return None
         for output in outputs:
             props = output["properties"]
             extra = {k: v for k, v in props.items() if k not in ("artifactId", "artifactUri", "provisioningState")}
@@ -231,6 +183,15 @@ class Engine:
     def _sub_state(self, run_id: str, sub_state: str, progress: Progress, what: str) -> None:
         self.state.update_run(run_id, run_sub_state=sub_state)
         progress(what)
+
+
+def _shown_plan(plan: BuildPlan) -> dict[str, Any]:
+    """The plan as files and output show it: download URLs without credentials or query."""
+    data = plan.to_dict()
+    for step in data["steps"]:
+        if step.get("download"):
+            step["download"]["url"] = display_url(step["download"]["url"])
+    return data
 
 
 def host_resources() -> tuple[int, int]:
@@ -252,37 +213,6 @@ def fit_to_host(plan: BuildPlan, log: RunLog) -> BuildPlan:
     log.write("orchestrator", f"{plan.vm_size} asks for {plan.cpus} vCPU / {plan.memory_mib} MiB; this host has "
               f"{host_cpus} CPUs / {host_memory} MiB: the build VM gets {cpus} vCPU / {memory} MiB")
     return dataclasses.replace(plan, cpus=cpus, memory_mib=memory)
-
-
-def _describe(phase: str) -> str:
-    if phase == "boot":
-        return "boot of the build VM (waiting for SSH)"
-    if ":" in phase:
-        kind, name = phase.split(":", 1)
-        return f"{kind} {name!r}"
-    return phase
-
-
-def vhd_destination(config: Config, name: str, target: TargetPlan, run_id: str) -> Path:
-    if target.uri:
-        parsed = urlparse(target.uri)
-        return Path(unquote(parsed.path) if parsed.scheme == "file" else target.uri)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "template"
-    return config.artifacts_dir / safe / target.run_output_name / f"{run_id}.vhd"
-
-
-def _output_intact(output: dict[str, Any]) -> bool:
-    props = output["properties"]
-    path = props.get("path")
-    if output["type"] != "VHD" or not path or not Path(path).is_file():
-        return False
-    return Path(path).stat().st_size == props.get("fileBytes")
-
-
-def _write_rendered(work: Path, rendered: RenderedBuild) -> None:
-    for rel, content in rendered.files.items():
-        write_atomic(work / rel, content, mode=0o755 if rel.endswith(".sh") else 0o644)
-    write_atomic(work / "build.pkr.hcl", rendered.hcl)
 
 
 def _install_cancel_handlers(cancel: threading.Event) -> Callable[[], None]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from orchestrator.core import model as m
@@ -11,13 +12,57 @@ from orchestrator.core.template import find_placeholders, load_template
 from orchestrator.errors import TemplateInvalid
 
 
+MAX_DEPTH = 64  # objects and arrays; real templates nest fewer than 15 levels
+MAX_NUMBER_DIGITS = 40  # ARM integers are 64-bit (19 digits)
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+class _InputLimit(ValueError):
+    pass
+
+
+def _number(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _InputLimit(f"a number with {len(text.lstrip('-'))} digits (at most {MAX_NUMBER_DIGITS})")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _InputLimit(f"the number {text[:20]}... is out of range")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise _InputLimit(f"`{name}` is not JSON")
+
+
+def nesting_depth(text: str) -> int:
+    """How deep objects and arrays nest, outside strings (no recursion: any depth is safe)."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub("", text)):
+        depth += 1 if match.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def parse_json(text: str, source: str) -> Any:
+    def invalid(message: str, hint: str) -> TemplateInvalid:
+        return TemplateInvalid([Problem("$", "json", message, hint)], source)
+
+    depth = nesting_depth(text)
+    if depth > MAX_DEPTH:
+        raise invalid(f"objects and arrays nest {depth} levels deep; at most {MAX_DEPTH} are accepted",
+                      "a template nests a few levels; this file is not one")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_number, parse_float=_float, parse_constant=_constant)
     except json.JSONDecodeError as exc:
-        raise TemplateInvalid([Problem(
-            "$", "json", f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-            "check for a missing comma or quote just before that position")], source) from None
+        raise invalid(f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                      "check for a missing comma or quote just before that position") from None
+    except (_InputLimit, ValueError, RecursionError) as exc:
+        raise invalid(f"not a usable template: {exc}", "use plain JSON numbers: integers of at most 64 bits, finite decimals") from None
 
 
 def load_document(text: str, source: str, parameters: dict[str, Any] | None = None,

@@ -57,30 +57,77 @@ def _update_zeros(digest: "hashlib._Hash", count: int) -> None:
         count -= step
 
 
+PRIVATE_FILE = 0o600
+_PART = ".part-"
+
+
 def temp_name(final: Path) -> Path:
     """A sibling name for writing `final`, renamed into place when complete."""
-    return final.with_name(f".{final.name}.part-{os.getpid()}")
+    return final.with_name(f".{final.name}{_PART}{os.getpid()}")
 
 
-def write_atomic(path: Path, content: str | bytes, mode: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def open_private(path: Path, mode: int = PRIVATE_FILE) -> int:
+    """Creates `path` (which must not exist) with `mode` from the first instant: a key or a
+    script with secrets is never on disk with wider permissions, not even between open and chmod."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+def write_atomic(path: Path, content: str | bytes, mode: int = PRIVATE_FILE) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = temp_name(path)
+    tmp.unlink(missing_ok=True)  # a leftover of this same pid, killed before
     data = content.encode() if isinstance(content, str) else content
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(open_private(tmp, mode), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it further than asked; never wider
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-links when on the same filesystem (instant), else copies; atomic either way."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = temp_name(dst)
+    tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            with open(src, "rb") as source, os.fdopen(open_private(tmp), "wb") as out:
+                shutil.copyfileobj(source, out, CHUNK)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_parts(directory: Path) -> list[Path]:
+    """Removes the temporaries (`.NAME.part-PID`) of writers that are gone (a killed
+    download or conversion); returns what it removed."""
+    removed = []
+    try:
+        entries = list(directory.iterdir())
     except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(".") or _PART not in name:
+            continue
+        pid = name.rsplit(_PART, 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -31,7 +31,7 @@ class PackerResult:
     errors: list[str] = field(default_factory=list)
 
 
-def packer_env(cache_dir: Path) -> dict[str, str]:
+def packer_env(cache_dir: Path, temp_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "CHECKPOINT_DISABLE": "1",  # no version check over the network
@@ -39,6 +39,8 @@ def packer_env(cache_dir: Path) -> dict[str, str]:
         "PACKER_CACHE_DIR": str(cache_dir),
         "PACKER_PLUGIN_PATH": str(cache_dir / "plugins"),
     })
+    if temp_dir is not None:  # Packer leaves a packer_to_cdrom* directory in $TMPDIR per build
+        env["TMPDIR"] = str(temp_dir)
     return env
 
 
@@ -71,14 +73,14 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
                deadline: float, cancel: threading.Event, cache_dir: Path, vm_marker: str,
                on_source: Callable[[str], None] = lambda s: None,
                on_line: Callable[[str, str], None] = lambda s, l: None,
-               keep_on_error: bool = False) -> PackerResult:
+               keep_on_error: bool = False, temp_dir: Path | None = None) -> PackerResult:
     # abort: Packer leaves the build VM's disk in place (the VM itself is stopped below)
     on_error = "abort" if keep_on_error else "cleanup"
     argv = [packer, "build", "-color=false", f"-on-error={on_error}", str(hcl_path)]
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=packer_env(cache_dir), cwd=hcl_path.parent, start_new_session=True,
-                                text=True, errors="replace", bufsize=1)
+                                env=packer_env(cache_dir, temp_dir), cwd=hcl_path.parent, start_new_session=True,
+                                text=True, errors="replace", bufsize=1, umask=0o077)
     except FileNotFoundError as exc:
         raise EnvironmentProblem("Packer is not installed", hint="run scripts/setup-host.sh as root") from exc
     assert proc.stdout is not None
