@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -9,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from orchestrator.errors import EnvironmentProblem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -50,9 +53,6 @@ CREATE TABLE IF NOT EXISTS run_outputs (
 );
 """
 
-TERMINAL_STATES = ("Succeeded", "PartiallySucceeded", "Failed", "Canceled")
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     publisher: str
@@ -66,21 +66,60 @@ class ImageRecord:
     imported_at: float
 
 
+LOCK_TIMEOUT_SECONDS = 30.0
+
+
 class StateStore:
-    def __init__(self, path: Path) -> None:
+    """Every method is one transaction. `read_only` opens an existing database without creating
+    or changing anything (validate and plan must not create the data home)."""
+
+    def __init__(self, path: Path, *, read_only: bool = False, lock_timeout: float = LOCK_TIMEOUT_SECONDS) -> None:
         self.path = path
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        if not read_only:
+            if not path.exists():  # owner-only from the start: it names every run and artifact
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            with self._connect() as db:
+                db.executescript(_SCHEMA)
+
+    @classmethod
+    def existing(cls, path: Path) -> "StateStore | None":
+        """The database if there is one, opened read-only; None if nothing was ever recorded."""
+        return cls(path, read_only=True) if path.is_file() else None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            if self.read_only:
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.lock_timeout)
+            else:
+                db = sqlite3.connect(self.path, timeout=self.lock_timeout)
+        except sqlite3.Error as exc:
+            raise self._problem(exc) from None
         db.row_factory = sqlite3.Row
         try:
             with db:
                 yield db
+        except sqlite3.Error as exc:
+            raise self._problem(exc) from None
         finally:
             db.close()
+
+    def _problem(self, exc: sqlite3.Error) -> EnvironmentProblem:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return EnvironmentProblem(
+                f"the state database {self.path} is locked: another process held it for more than "
+                f"{self.lock_timeout:.0f} s", hint="wait for the other orchestrate process to finish (or stop it), "
+                "then run the command again")
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return EnvironmentProblem(
+                f"the state database {self.path} is corrupt ({text})",
+                hint=f"move it aside (mv {self.path} {self.path}.broken) to start a new one; "
+                     "built images and logs under the data home stay where they are")
+        return EnvironmentProblem(f"the state database {self.path} cannot be used: {text}",
+                                  hint="check the file, its permissions and the free disk space")
 
     # --- catalog -------------------------------------------------------------------------
     def add_image(self, record: ImageRecord) -> None:
@@ -148,10 +187,18 @@ class StateStore:
             db.execute("INSERT OR REPLACE INTO run_outputs VALUES (?,?,?,?,?,?,?)", (
                 run_id, name, kind, artifact_id, artifact_uri, state, json.dumps(details or {})))
 
-    def outputs(self, run_id: str) -> list[dict[str, Any]]:
+    def outputs(self, run_id: str, internal: bool = False) -> list[dict[str, Any]]:
+        """The run outputs in AIB's shape; `internal` adds orchestrator's own bookkeeping keys
+        (those starting with `_`, such as a file's recorded stat)."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM run_outputs WHERE run_id = ? ORDER BY rowid", (run_id,)).fetchall()
-        return [_output(dict(row)) for row in rows]
+        return [_output(dict(row), internal) for row in rows]
+
+    def wrote_artifact(self, path: str) -> bool:
+        """Whether a run output of orchestrator's is (or was) the file at `path`."""
+        with self._connect() as db:
+            row = db.execute("SELECT 1 FROM run_outputs WHERE artifact_id = ? LIMIT 1", (path,)).fetchone()
+        return row is not None
 
     def latest_output(self, template_name: str, name: str) -> dict[str, Any] | None:
         with self._connect() as db:
@@ -162,9 +209,11 @@ class StateStore:
         return _output(dict(row)) if row else None
 
 
-def _output(row: dict[str, Any]) -> dict[str, Any]:
+def _output(row: dict[str, Any], internal: bool = False) -> dict[str, Any]:
     """A run output in AIB's shape."""
     details = json.loads(row.get("details") or "{}")
+    if not internal:
+        details = {k: v for k, v in details.items() if not k.startswith("_")}
     return {
         "name": row["name"],
         "runId": row["run_id"],
