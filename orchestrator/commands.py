@@ -196,7 +196,7 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
                         ssh_private_key=str(work / KEY_NAME), ssh_public_key=public_key,
                         accelerator=config.accelerator if config.accelerator != "auto" else "tcg",
-                        downloads=downloads)
+                        downloads=downloads, vnc=config.vnc)
     secrets_files: dict[str, str] = {}
     if plan.os_type == "Windows":
         from orchestrator.core.hcl import hcl_string
