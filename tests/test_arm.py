@@ -10,21 +10,13 @@ import pytest
 from hypothesis import given, strategies as st
 
 from orchestrator.core.arm import expand_deployment
-from orchestrator.core.document import _is_arm_deployment, load_document
+from orchestrator.core.document import load_document
 from orchestrator.errors import TemplateInvalid
+from tests.helpers import PROJECT_TEMPLATES, fill_placeholders, is_arm, project_samples, sample_cases, sample_data
 
-SAMPLES = Path("/work/shared/aib-samples/azure")
 IMAGE_TEMPLATE = "Microsoft.VirtualMachineImages/imageTemplates"
 SAMPLE_PARAMETERS = {"imageTemplateName": "hello", "svclocation": "westus2"}
-
-
-def _arm_samples() -> list[Path]:
-    found = []
-    for path in sorted(SAMPLES.glob("*.json")):
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and _is_arm_deployment(data):
-            found.append(path)
-    return found
+EXPRESSIONS = PROJECT_TEMPLATES / "arm-linux-expressions.json"
 
 
 def deployment(resource_fields: dict[str, Any] | None = None, parameters: dict | None = None,
@@ -54,14 +46,15 @@ def evaluate(expression: str, given: dict | None = None, context: dict | None = 
     return expand_deployment(data, given or {}, context or {}, "test.json")["name"]
 
 
-# --- the real samples ------------------------------------------------------------------------
+# --- the samples -----------------------------------------------------------------------------
 
-def test_the_sample_folder_holds_arm_deployment_templates() -> None:
-    assert len(_arm_samples()) >= 4
+def test_the_project_samples_hold_arm_deployment_templates() -> None:
+    names = [p.name for p in project_samples() if is_arm(p)]
+    assert len(names) >= 4 and EXPRESSIONS.name in names
 
 
 @pytest.mark.parametrize("api", ["2020-02-14", "2022-02-14"])
-@pytest.mark.parametrize("path", _arm_samples(), ids=lambda p: p.name[:40])
+@pytest.mark.parametrize("path", sample_cases(is_arm))
 def test_sample_expands_and_loads_with_only_placeholders_left(path: Path, api: str) -> None:
     text = path.read_text()
     parameters = {**SAMPLE_PARAMETERS, "api-version": api}
@@ -80,13 +73,61 @@ def test_sample_expands_and_loads_with_only_placeholders_left(path: Path, api: s
         assert template.api_version == api
 
 
-def test_sample_without_parameters_lists_all_three_missing() -> None:
-    path = _arm_samples()[0]
+def _parameter_path(name: str) -> str:
+    return f"$.parameters.{name}" if name.replace("_", "").isalnum() else f"$.parameters[{name!r}]"
+
+
+@pytest.mark.parametrize("path", sample_cases(is_arm))
+def test_sample_without_parameters_lists_every_missing_one(path: Path) -> None:
     with pytest.raises(TemplateInvalid) as caught:
         load_document(path.read_text(), path.name, {})
     missing = sorted(p.path for p in caught.value.problems if p.rule == "parameter-missing")
-    assert missing == ["$.parameters.imageTemplateName", "$.parameters.svclocation",
-                       "$.parameters['api-version']"]
+    declared = sample_data(path)["parameters"]
+    assert missing == sorted(_parameter_path(n) for n, spec in declared.items() if "defaultValue" not in spec)
+
+
+def test_sample_parameters_with_defaults_are_not_missing() -> None:
+    with pytest.raises(TemplateInvalid) as caught:
+        load_document(EXPRESSIONS.read_text(), EXPRESSIONS.name, {})
+    assert sorted((p.path, p.rule) for p in caught.value.problems) == [
+        ("$.parameters.imageTemplateName", "parameter-missing"), ("$.parameters.svclocation", "parameter-missing"),
+        ("$.parameters['api-version']", "parameter-missing")]
+
+
+def test_expressions_sample_expands_to_these_values() -> None:
+    data = json.loads(fill_placeholders(EXPRESSIONS.read_text()))
+    context = {"resourceGroup": {"name": "rg7", "location": "pool9"}, "subscription": {"subscriptionId": "s-1"}}
+    resource = expand_deployment(data, {"imageTemplateName": "Edge", "api-version": "2022-02-14",
+                                        "svclocation": "pool1", "imagePrefix": "Api"}, context, "t")
+    assert resource["name"] == "Edge"
+    assert resource["dependsOn"] == [
+        "/subscriptions/s-1/resourceGroups/rg7/providers/Microsoft.ManagedIdentity/userAssignedIdentities/api-edge-identity"]
+    assert resource["tags"]["team"] == "API"
+    stamp = resource["tags"]["stamp"]
+    assert len(stamp) == 13 and stamp.isalnum() and stamp.islower()
+    props = resource["properties"]
+    assert props["buildTimeoutInMinutes"] == 75 and props["vmProfile"]["vmSize"] == "Standard_D2s_v3"
+    setup, greet = props["customize"]
+    assert setup["scriptUri"] == "https://artifacts.example.com/aib/customize-web.sh"
+    assert greet["name"] == "greet-api-edge"
+    assert greet["inline"] == ["echo built Edge for s-1 in pool9", "[ -d /tmp ]",
+                               "printf '%s\\n' \"${HOME}\" '{{ .Path }}' '[not an expression]' > /tmp/arm-literals.txt"]
+    managed, gallery = props["distribute"]
+    assert managed == {"type": "ManagedImage", "location": "pool1", "runOutputName": "api-edge-managed",
+                       "imageId": "/subscriptions/s-1/resourceGroups/rg7/providers/Microsoft.Compute/images/api-edge"}
+    assert gallery["galleryImageId"] == ("/subscriptions/s-1/resourceGroups/rg7/providers/Microsoft.Compute/"
+                                         "galleries/gallery/images/debian12")
+    assert gallery["runOutputName"] == "api-edge-gallery"
+    assert gallery["replicationRegions"] == ["pool1", "pool2"]
+
+
+def test_expressions_sample_checks_its_parameter_constraints() -> None:
+    given = {"imageTemplateName": "x", "api-version": "2022-02-14", "svclocation": "l",
+             "imagePrefix": "much-too-long-prefix", "buildMinutes": "961", "vmSize": "Standard_XL"}
+    problems = problems_of(json.loads(EXPRESSIONS.read_text()), given)
+    assert [(p.path, p.rule) for p in problems] == [
+        ("$.parameters.imagePrefix", "parameter-length"), ("$.parameters.buildMinutes", "parameter-range"),
+        ("$.parameters.vmSize", "parameter-allowed")]
 
 
 # --- parameters ------------------------------------------------------------------------------

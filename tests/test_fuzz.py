@@ -1,5 +1,6 @@
-"""Mutation fuzzing over the real sample templates: every mutant ends in a model (and a plan
-and HCL) or in TemplateInvalid with problems, never in another exception."""
+"""Mutation fuzzing over the sample templates (the project's own; the public AIB samples too
+when $ORCHESTRATOR_SAMPLES names them): every mutant ends in a model (and a plan and HCL) or in
+TemplateInvalid with problems, never in another exception."""
 from __future__ import annotations
 
 import copy
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import hcl2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,12 +19,16 @@ from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.core.render_windows import render_windows
 from orchestrator.errors import OrchestratorError, TemplateInvalid
 
-from tests.helpers import SAMPLES_DIR, fill_placeholders, sample_parameters
+from tests.helpers import corpus_cases, fill_placeholders, is_trigger, sample_parameters
 
 PARAMS = sample_parameters()
-# Start from valid documents (placeholders filled) so that mutants reach the plan and the HCL.
-TEXTS = [json.loads(fill_placeholders(p.read_text())) for p in sorted(SAMPLES_DIR.glob("*.json"))
-         if not p.name.endswith("_trigger.json")]
+
+
+def documents(paths: list[Path]) -> list[Any]:
+    """Valid documents (placeholders filled) to start from, so that mutants reach the plan and the HCL."""
+    docs = [json.loads(fill_placeholders(p.read_text())) for p in paths if not is_trigger(p)]
+    assert docs, "a corpus without templates fuzzes nothing"
+    return docs
 
 odd_text = st.one_of(
     st.text(max_size=40),
@@ -72,8 +78,8 @@ def _mutate(doc: Any, path: tuple, action: str, payload: Any) -> Any:
 
 
 @st.composite
-def mutants(draw) -> Any:
-    doc = copy.deepcopy(draw(st.sampled_from(TEXTS)))
+def mutants(draw, docs: list[Any]) -> Any:
+    doc = copy.deepcopy(draw(st.sampled_from(docs)))
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         paths = _paths(doc)
         path = draw(st.sampled_from(paths))
@@ -82,34 +88,50 @@ def mutants(draw) -> Any:
     return doc
 
 
-def _exercise(doc: Any, tmp: Path) -> None:
+def _exercise(doc: Any, tmp: Path) -> str:
+    """What became of the document: "unserializable", "invalid", "unplannable" or "rendered"
+    (HCL that python-hcl2 parses back, one provisioner block per rendered provisioner)."""
     try:
         text = json.dumps(doc)
     except (ValueError, RecursionError):
-        return
+        return "unserializable"
     try:
         template = load_document(text, "fuzz", PARAMS if "resources" in text else None)
     except TemplateInvalid as exc:
         assert exc.problems, "an invalid template must say why"
         assert all(p.path.startswith("$") and p.rule and p.message for p in exc.problems)
-        return
+        return "invalid"
     source = ResolvedSource("fuzz", str(tmp / "base.qcow2"), "qcow2", 3 * 1024**3, "0" * 64, "1")
     try:
         plan = make_plan(template, source, "fuzz")
     except OrchestratorError:
-        return
+        return "unplannable"
     downloads = {d.url: str(tmp / "dl") for d in plan.downloads}
     ctx = RenderContext(str(tmp), str(tmp / "out"), str(tmp / "key"), "ssh-ed25519 AAAA x", "tcg", downloads)
-    if plan.os_type == "Windows":
-        hcl2.loads(render_windows(plan, ctx).hcl)
-    elif all(s.kind in ("Shell", "File") for s in plan.steps):
-        hcl2.loads(render_linux(plan, ctx).hcl)
+    rendered = render_windows(plan, ctx) if plan.os_type == "Windows" else render_linux(plan, ctx)
+    parsed = hcl2.loads(rendered.hcl)
+    assert len(parsed["build"][0]["provisioner"]) == len(rendered.provisioners)
+    return "rendered"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=mutants())
-def test_mutated_samples_end_in_a_plan_or_a_clear_error(doc, tmp_path_factory):
-    _exercise(doc, tmp_path_factory.mktemp("fuzz"))
+@pytest.mark.parametrize("paths", corpus_cases())
+def test_unmutated_samples_render(paths, tmp_path):
+    """The fuzzer's starting points are valid: mutants start from templates that get as far as the HCL."""
+    outcomes = {}
+    for index, doc in enumerate(documents(paths)):
+        (tmp_path / str(index)).mkdir()
+        outcomes[index] = _exercise(doc, tmp_path / str(index))
+    assert set(outcomes.values()) == {"rendered"}, outcomes
+
+
+@pytest.mark.parametrize("paths", corpus_cases())
+def test_mutated_samples_end_in_a_plan_or_a_clear_error(paths, tmp_path_factory):
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(doc=mutants(documents(paths)))
+    def check(doc):
+        _exercise(doc, tmp_path_factory.mktemp("fuzz"))
+
+    check()
 
 
 @settings(max_examples=150, deadline=None)

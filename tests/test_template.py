@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import glob
-import json
 from pathlib import Path
 
 import pytest
@@ -11,15 +9,13 @@ import pytest
 from orchestrator.core import model as m
 from orchestrator.core.template import load_template, read_template
 from orchestrator.errors import TemplateInvalid
-from tests.helpers import linux_template
+from tests.helpers import is_arm, is_trigger, linux_template, sample_cases, sample_data
 
 API_2019 = "2019-05-01-preview"
 WINDOWS_SOURCE = {"type": "PlatformImage", "publisher": "MicrosoftWindowsServer", "offer": "WindowsServer",
                   "sku": "2019-Datacenter", "version": "latest"}
 GALLERY_IMAGE = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/def"
 MANAGED_IMAGE = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/i"
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "aib-samples" / "azure"
 
 
 def problems_of(data):
@@ -259,15 +255,11 @@ def test_not_an_object():
 
 
 # ARM deployments and the trigger are covered by test_arm and test_samples
-PLAIN_SAMPLES = [p for p in sorted(glob.glob(str(SAMPLES / "*.json")))
-                 if "resources" not in json.loads(Path(p).read_text()) and not p.endswith("_trigger.json")]
-
-
-@pytest.mark.parametrize("path", PLAIN_SAMPLES, ids=lambda p: Path(p).name[:40])
-def test_plain_samples_fail_only_on_placeholders(path):
-    data = json.loads(Path(path).read_text())
-    bad = [p for p in problems_of(data) if p.rule != "placeholder"]
-    assert bad == []
+@pytest.mark.parametrize("path", sample_cases(lambda p: not is_arm(p) and not is_trigger(p)))
+def test_plain_samples_fail_only_on_placeholders(path: Path):
+    found = problems_of(sample_data(path))
+    assert [str(p) for p in found if p.rule != "placeholder"] == []
+    assert found, "every sample holds a placeholder"
 
 
 def test_customizer_types_must_fit_the_os():
@@ -424,8 +416,9 @@ def test_shared_image_version_source_spelling_id_and_version():
     # the documents' JSON spells it imageVersionID, their text imageVersionId
     t = load_template(linux_template(source={"type": "SharedImageVersion", "imageVersionID": good}))
     assert t.source.image_version_id == good
-    assert load_template(linux_template(source={"type": "SharedImageVersion",
-                                                "imageVersionId": GALLERY_IMAGE + "/versions/latest"}))
+    latest = load_template(linux_template(source={"type": "SharedImageVersion",
+                                                 "imageVersionId": GALLERY_IMAGE + "/versions/latest"}))
+    assert latest.source == m.SharedImageVersionSource(GALLERY_IMAGE + "/versions/latest")
     assert only(linux_template(source={"type": "SharedImageVersion", "imageVersionId": GALLERY_IMAGE})) == [
         ("$.properties.source.imageVersionId", "resource-id", "not a gallery image version resource ID")]
     assert only(linux_template(source={"type": "SharedImageVersion",
@@ -604,7 +597,8 @@ def test_shared_image_replication_regions_required_in_older_apis():
     empty = linux_template(distribute=[dict(target, replicationRegions=[])])
     assert only(empty) == [("$.properties.distribute[0].replicationRegions", "empty", "must have at least one entry")]
     # newer APIs replicate to the template's location by default
-    assert load_template(api(linux_template(distribute=[dict(target)]), "2022-02-14")).distribute[0].gallery_image_id
+    newer = load_template(api(linux_template(distribute=[dict(target)]), "2022-02-14")).distribute[0]
+    assert (newer.gallery_image_id, newer.replication_regions, newer.target_regions) == (GALLERY_IMAGE, (), ())
 
 
 def test_shared_image_explicit_version_by_api_version():
@@ -625,8 +619,10 @@ def test_shared_image_storage_account_type_in_older_apis():
     assert only(linux_template(distribute=[dict(target)])) == [
         ("$.properties.distribute[0].storageAccountType", "storage-account-type",
          "`Premium_LRS` is not Standard_LRS or Standard_ZRS")]
-    assert load_template(linux_template(distribute=[dict(target, storageAccountType="standard_zrs")]))
-    assert load_template(api(linux_template(distribute=[dict(target)]), "2022-07-01"))
+    zrs = load_template(linux_template(distribute=[dict(target, storageAccountType="standard_zrs")]))
+    assert zrs.distribute[0].storage_account_type == "standard_zrs"  # matched case-insensitively, kept as written
+    newer = load_template(api(linux_template(distribute=[dict(target)]), "2022-07-01"))
+    assert newer.distribute[0].storage_account_type == "Premium_LRS"
 
 
 def test_exclude_from_latest_is_boolean():
