@@ -6,6 +6,7 @@ does not run through HCL or Go-template interpolation.
 """
 from __future__ import annotations
 
+import importlib.resources
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -15,8 +16,11 @@ import jinja2
 
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
+from orchestrator.errors import UsageError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "packer_templates"
+# The repository's top-level packer_templates/, shipped as this package's data (pyproject maps
+# it to orchestrator.packer_templates): found the same way from an editable install and a wheel.
+TEMPLATES_PACKAGE = "orchestrator.packer_templates"
 BUILD_USER = "packer"
 UPLOAD_PREFIX = "/tmp/.orchestrator-upload-"
 FINALIZE_SCRIPT = "/run/orchestrator-finalize.sh"
@@ -55,9 +59,22 @@ class RenderedBuild:
     provisioners: tuple[ProvisionerBlock, ...]
 
 
+def packaged_text(name: str) -> str:
+    """A file of packer_templates/ (`name` relative to it, `/`-separated), as text."""
+    resource = importlib.resources.files(TEMPLATES_PACKAGE).joinpath(*name.split("/"))
+    return resource.read_text(encoding="utf-8")
+
+
+def _load_template(name: str) -> str | None:
+    try:
+        return packaged_text(name)
+    except (FileNotFoundError, IsADirectoryError):
+        return None  # jinja2 raises TemplateNotFound
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=jinja2.FunctionLoader(_load_template),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -79,10 +96,20 @@ def _safe_slug(name: str) -> str:
     return slug.strip("-") or "step"
 
 
+def _go_template_marks(text: str) -> bool:
+    return "{{" in text or "}}" in text
+
+
 def _host_path(path: str) -> str:
     # Packer interpolates Go templates in provisioner fields; our own paths must not hold `{{`.
-    if "{{" in path or "}}" in path:
-        raise ValueError(f"path {path!r} contains '{{{{' or '}}}}', which Packer would interpret")
+    if _go_template_marks(path):
+        folder = next((p for p in reversed(Path(path).parents) if _go_template_marks(str(p))), None)
+        what = f"the directory {folder}" if folder else f"the path {path}"
+        raise UsageError(
+            f"{what} contains '{{{{' or '}}}}', which Packer would read as a Go template: "
+            "the build's files cannot live there",
+            hint="use a directory whose path holds no '{{' or '}}' "
+                 "(for `render -o DIR`, another DIR; for a build, another ORCHESTRATOR_HOME)")
     return path
 
 

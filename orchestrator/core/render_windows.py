@@ -34,16 +34,15 @@ from orchestrator.core.hcl import hcl_value
 from orchestrator.core.plan import BuildPlan, Step
 from orchestrator.core.render import (
     BUILD_USER,
-    TEMPLATES_DIR,
     ProvisionerBlock,
     RenderContext,
     RenderedBuild,
     _environment,
     _host_path,
     _safe_slug,
+    packaged_text,
 )
 
-WINDOWS_SCRIPTS_DIR = TEMPLATES_DIR / "windows"
 WINRM_GUEST_PORT = 5985
 PASSWORD_VARIABLE = "winrm_password"
 SEED_LABEL = "ORCHESTRATOR"
@@ -257,7 +256,7 @@ try {{
 
 
 def _script_body(name: str) -> str:
-    return (WINDOWS_SCRIPTS_DIR / name).read_text(encoding="utf-8")
+    return packaged_text(f"windows/{name}")
 
 
 def windows_update_script(step: Step) -> str:
