@@ -1,4 +1,5 @@
-"""The Windows renderer: every public Windows sample validates with the real Packer 1.6.6, the
+"""The Windows renderer: every Windows sample (the project's; the public ones when
+$ORCHESTRATOR_SAMPLES is set) validates with the real Packer 1.6.6, the
 provisioners come in the plan's order, user text never reaches the HCL unescaped, and a real
 `packer build` (null builder, WinRM communicator against a fake WinRM server on 127.0.0.1)
 proves that the strings which must live in HCL reach the guest byte-exact.
@@ -8,18 +9,15 @@ Runs in seconds: `packer validate` takes about 1 s, the one `packer build` about
 from __future__ import annotations
 
 import base64
-import copy
 import http.server
-import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import hcl2
 import pytest
@@ -43,59 +41,13 @@ from orchestrator.core.render_windows import (
     render_windows,
     windows_seed_files,
 )
+from orchestrator.core import model as m
 from orchestrator.core.template import load_template
+from tests.helpers import PROJECT_TEMPLATES, image_template_data, is_trigger, is_windows, load_sample, sample_cases
 
-SAMPLES = Path("/work/shared/aib-samples/azure")
-WINDOWS_SAMPLES = sorted(p.name for p in SAMPLES.glob("*Win*.json"))
-PACKER = shutil.which("packer") or "packer"
+WINDOWS_SAMPLES = sample_cases(lambda p: is_windows(p) and not is_trigger(p))
+EVERY_KIND = PROJECT_TEMPLATES / "windows-platform-managed-image.json"
 PASSWORD = "Aa1-per-run-password-0123456789"
-
-# ---------------------------------------------------------------------------------------------
-# Turning the public samples into loadable templates
-# ---------------------------------------------------------------------------------------------
-
-_SUB = "/subscriptions/0000/resourceGroups/rg/providers"
-_WHOLE_PLACEHOLDERS = {
-    "imgbuilderid": f"{_SUB}/Microsoft.ManagedIdentity/userAssignedIdentities/aib-identity",
-    "sigdefimgversionid": f"{_SUB}/Microsoft.Compute/galleries/gallery/images/win/versions/1.0.0",
-    "runoutputname": "run-output",
-}
-_ARM_PARAMETERS = {"imageTemplateName": "hello-windows", "svclocation": "westus2", "api-version": "2022-02-14"}
-_PLACEHOLDER = re.compile(r"<([A-Za-z][^<>]*)>")
-_PARAMETER = re.compile(r"^\[parameters\('([^']+)'\)\]$")
-
-
-def _dummy(name: str) -> str:
-    key = name.replace(" ", "").lower()
-    if key.startswith("region"):
-        return "westus2"
-    return re.sub(r"[^A-Za-z0-9-]", "-", name).lower() or "x"
-
-
-def fill_placeholders(value: Any) -> Any:
-    """Every `<placeholder>` (whole string or part of one, keys too) and `[parameters('x')]`
-    becomes a plain, valid dummy; resource IDs keep their well-formed shape."""
-    if isinstance(value, dict):
-        return {fill_placeholders(k): fill_placeholders(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [fill_placeholders(v) for v in value]
-    if isinstance(value, str):
-        parameter = _PARAMETER.match(value)
-        if parameter:
-            return _ARM_PARAMETERS[parameter.group(1)]
-        whole = _PLACEHOLDER.fullmatch(value)
-        if whole and whole.group(1).replace(" ", "").lower() in _WHOLE_PLACEHOLDERS:
-            return _WHOLE_PLACEHOLDERS[whole.group(1).replace(" ", "").lower()]
-        return _PLACEHOLDER.sub(lambda m: _dummy(m.group(1)), value)
-    return value
-
-
-def sample_template(name: str) -> dict:
-    data = json.loads((SAMPLES / name).read_text())
-    if "resources" in data:  # an ARM deployment template holding the image template
-        data = copy.deepcopy(data["resources"][0])
-        data["apiVersion"] = "2022-02-14"
-    return fill_placeholders(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,8 +55,9 @@ def sample_template(name: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_build(tmp_path: Path, data: dict, name: str = "win") -> tuple[BuildPlan, RenderContext, RenderedBuild]:
-    template = load_template(data, name)
+def make_build(tmp_path: Path, data: dict | m.ImageTemplate,
+               name: str = "win") -> tuple[BuildPlan, RenderContext, RenderedBuild]:
+    template = data if isinstance(data, m.ImageTemplate) else load_template(data, name)
     assert template.os_type == "Windows"
     base = tmp_path / "images" / "windows.qcow2"
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -136,12 +89,13 @@ def write_build(ctx: RenderContext, rendered: RenderedBuild, hcl: str | None = N
     return hcl_path
 
 
-def packer(*args: str, cwd: Path, password: str | None = PASSWORD, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+def run_packer(packer: str, *args: str, cwd: Path, password: str | None = PASSWORD,
+               timeout: int = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKR_VAR_")}
     env.update({"CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1", "PACKER_CACHE_DIR": str(cwd / ".packer-cache")})
     if password is not None:
         env.update(packer_environment(password))
-    return subprocess.run([PACKER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([packer, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def parse_hcl(text: str) -> dict:
@@ -195,17 +149,15 @@ def assert_blocks_match_hcl(rendered: RenderedBuild) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_there_are_windows_samples() -> None:
-    assert len(WINDOWS_SAMPLES) >= 5
-
-
 @pytest.mark.parametrize("sample", WINDOWS_SAMPLES)
-def test_sample_renders_and_validates(tmp_path: Path, sample: str) -> None:
-    plan, ctx, rendered = make_build(tmp_path, sample_template(sample), "sample")
+def test_sample_renders_and_validates(tmp_path: Path, sample: Path, packer: str) -> None:
+    plan, ctx, rendered = make_build(tmp_path, load_sample(sample), "sample")
+    written = image_template_data(sample)["properties"]
+    assert [s.kind for s in plan.steps if s.phase == "customize"] == [c["type"] for c in written["customize"]]
     assert [(b.source, b.kind) for b in rendered.provisioners] == expected_kinds(plan)
     assert_blocks_match_hcl(rendered)
     hcl_path = write_build(ctx, rendered)
-    result = packer("validate", str(hcl_path), cwd=hcl_path.parent)
+    result = run_packer(packer, "validate", str(hcl_path), cwd=hcl_path.parent)
     assert result.returncode == 0, result.stdout + result.stderr
 
     source = parse_hcl(rendered.hcl)["source"][0]["qemu"]["build"]
@@ -221,15 +173,42 @@ def test_sample_renders_and_validates(tmp_path: Path, sample: str) -> None:
     assert PASSWORD not in rendered.hcl
 
 
+def test_sample_vm_size_and_disk_reach_the_qemu_source(tmp_path: Path) -> None:
+    # Standard_D2s_v3 is 2 vCPUs and 8 GiB; osDiskSizeGB 127 on a 127 GiB source keeps 127 GiB
+    _, _, rendered = make_build(tmp_path, load_sample(EVERY_KIND), "sample")
+    source = parse_hcl(rendered.hcl)["source"][0]["qemu"]["build"]
+    assert (source["cpus"], source["memory"], source["disk_size"]) == (2, 8192, f"{127 * 1024}M")
+
+
 def test_sample_with_every_kind_keeps_aib_order(tmp_path: Path) -> None:
-    plan, _, rendered = make_build(tmp_path, sample_template(
-        "0_Creating_a_Custom_Windows_Managed_Image_helloImageTemplateWin.json"))
-    assert [s.kind for s in plan.steps] == ["PowerShell", "WindowsRestart", "File", "PowerShell", "WindowsUpdate"]
+    plan, _, rendered = make_build(tmp_path, load_sample(EVERY_KIND))
+    assert [(s.kind, s.name) for s in plan.steps] == [
+        ("PowerShell", "prepareFolders"), ("WindowsRestart", "WindowsRestart2"), ("File", "landingPage"),
+        ("PowerShell", "recordBuild"), ("WindowsUpdate", "WindowsUpdate5")]
     kinds = [k for k, _ in parsed_provisioners(rendered.hcl)]
     assert kinds[:6] == ["powershell", "breakpoint", "windows-restart", "file", "powershell", "powershell"]
     assert kinds[6:-1] == ["powershell", "windows-restart"] * UPDATE_ROUNDS
     assert kinds[-1] == "powershell"
     assert rendered.provisioners[-1].source == "generalize"
+
+
+def test_escaping_sample_reaches_its_scripts_byte_exact(tmp_path: Path) -> None:
+    sample = PROJECT_TEMPLATES / "windows-escaping.json"
+    written = image_template_data(sample)["properties"]
+    _, ctx, rendered = make_build(tmp_path, load_sample(sample), "escaping")
+    (first, _, restart, _) = written["customize"]
+    block = next(b for b in rendered.provisioners if b.source == f"customizer:{first['name']}")
+    script = rendered.files[str(Path(dict(block.attrs)["script"]).relative_to(ctx.work_dir))]
+    assert script == UTF8_BOM + "\n".join(first["inline"]) + "\n"
+    assert dict(block.attrs)["valid_exit_codes"] == (0, 1641, 3010)
+    assert dict(block.attrs)["elevated_user"] == "packer"
+    (restart_attrs,) = [attrs for kind, attrs in parsed_provisioners(rendered.hcl)
+                        if kind == "windows-restart" and "restart_check_command" in attrs]
+    assert hcl_text_value(restart_attrs["restart_command"]) == go_template_literal(restart["restartCommand"])
+    assert hcl_text_value(restart_attrs["restart_check_command"]) == go_template_literal(restart["restartCheckCommand"])
+    assert restart_attrs["restart_timeout"] == "1h30m"
+    body = hcl_code(rendered.hcl)
+    assert unescaped_sequences(body[body.index('source "qemu"'):]) == ["{{ .SSHHostPort }}-:"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,11 +323,11 @@ def test_hostile_text_stays_out_of_the_hcl(tmp_path: Path) -> None:
     assert [(b.source, b.kind) for b in rendered.provisioners] == expected_kinds(plan)
 
 
-def test_hostile_build_validates(tmp_path: Path) -> None:
+def test_hostile_build_validates(tmp_path: Path, packer: str) -> None:
     # `packer validate` runs every provisioner's Prepare, i.e. the Go-template pass as well.
     _, ctx, rendered = make_build(tmp_path, hostile_template(), "hostile")
     hcl_path = write_build(ctx, rendered)
-    result = packer("validate", str(hcl_path), cwd=hcl_path.parent)
+    result = run_packer(packer, "validate", str(hcl_path), cwd=hcl_path.parent)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -506,12 +485,12 @@ def test_shell_customizer_is_rejected(tmp_path: Path) -> None:
     assert [(p.path, p.rule) for p in err.value.problems] == [("$.properties.customize[5].type", "customizer-os")]
 
 
-def test_password_must_be_supplied(tmp_path: Path) -> None:
-    _, ctx, rendered = make_build(tmp_path, sample_template(WINDOWS_SAMPLES[0]), "sample")
+def test_password_must_be_supplied(tmp_path: Path, packer: str) -> None:
+    _, ctx, rendered = make_build(tmp_path, load_sample(PROJECT_TEMPLATES / "windows-vhd.json"), "sample")
     hcl_path = write_build(ctx, rendered)
-    unset = packer("validate", str(hcl_path), cwd=hcl_path.parent, password=None)
+    unset = run_packer(packer, "validate", str(hcl_path), cwd=hcl_path.parent, password=None)
     assert unset.returncode != 0 and 'Unset variable "winrm_password"' in unset.stdout + unset.stderr
-    short = subprocess.run([PACKER, "validate", "-var", "winrm_password=short", str(hcl_path)], cwd=hcl_path.parent,
+    short = subprocess.run([packer, "validate", "-var", "winrm_password=short", str(hcl_path)], cwd=hcl_path.parent,
                            capture_output=True, text=True, env={**os.environ, "CHECKPOINT_DISABLE": "1"}, timeout=120)
     assert short.returncode != 0 and "16 characters or more" in short.stdout + short.stderr
 
@@ -639,13 +618,14 @@ def decoded_powershell(commands: list[str]) -> list[str]:
     return out
 
 
-def test_packer_delivers_rendered_strings_byte_exact(tmp_path: Path, fake_winrm: tuple[int, list[str], list[str]]) -> None:
+def test_packer_delivers_rendered_strings_byte_exact(tmp_path: Path, fake_winrm: tuple[int, list[str], list[str]],
+                                                     packer: str) -> None:
     from orchestrator.effects.packer import SourceTracker
 
     port, commands, auth = fake_winrm
     _, ctx, rendered = make_build(tmp_path, hostile_template(with_update=False), "hostile")
     hcl_path = write_build(ctx, rendered, null_source(rendered.hcl, port))
-    result = packer("build", "-color=false", str(hcl_path), cwd=hcl_path.parent, timeout=180)
+    result = run_packer(packer, "build", "-color=false", str(hcl_path), cwd=hcl_path.parent, timeout=180)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
 
