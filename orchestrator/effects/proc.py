@@ -13,7 +13,8 @@ SETUP_HINT = "run scripts/setup-host.sh (as root) to install Packer, QEMU and th
 
 def run(argv: Sequence[str], what: str, timeout: float | None = 600) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                                umask=0o077)  # what host tools write (VHDs, images) is owner-only
     except FileNotFoundError as exc:
         raise EnvironmentProblem(f"{what}: `{argv[0]}` is not installed", hint=SETUP_HINT) from exc
     except subprocess.TimeoutExpired as exc:

@@ -1,6 +1,7 @@
 """The run's customization.log: every line with a UTC timestamp and its source."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -9,9 +10,11 @@ from typing import TextIO
 
 class RunLog:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
-        self._handle: TextIO = open(path, "a", encoding="utf-8", errors="replace")
+        # owner-only from the first instant: a log names paths, keys and what customizers printed
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._handle: TextIO = open(fd, "a", encoding="utf-8", errors="replace")
         self._lock = threading.Lock()
 
     def write(self, source: str, line: str) -> None:
