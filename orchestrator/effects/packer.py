@@ -88,12 +88,17 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
     tracker = SourceTracker(blocks)
     result = PackerResult(exit_code=None)
     stopping_since: float | None = None
+    stopped_phase: str | None = None
     while True:
         if stopping_since is None and (time.monotonic() >= deadline or cancel.is_set()):
             result.timed_out = not cancel.is_set()
             result.canceled = cancel.is_set()
             reason = "build timeout reached" if result.timed_out else "cancel requested"
-            log.write("orchestrator", f"{reason}: stopping Packer (it cleans up the build VM)")
+            log.write("orchestrator", f"{reason} during {tracker.phase}: stopping Packer (it cleans up the build VM)")
+            # What was interrupted is the step running now: once interrupted, Packer may still
+            # start the next provisioner (a step with expect_disconnect takes the interrupt for
+            # a reboot) before it stops, and that must not be reported as the canceled step.
+            stopped_phase = tracker.phase
             _signal_group(proc, signal.SIGINT)
             stopping_since = time.monotonic()
         if stopping_since is not None and time.monotonic() - stopping_since > GRACE_SECONDS:
@@ -120,7 +125,7 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
             _take_line(raw, tracker, result, log, on_source, on_line)
     result.exit_code = proc.wait()
     log.write("orchestrator", f"packer exited with {result.exit_code}")
-    result.last_phase = tracker.phase
+    result.last_phase = stopped_phase or tracker.phase
     killed = kill_leftover_qemu(vm_marker)
     if killed:
         log.write("orchestrator", f"killed {killed} leftover QEMU process(es) of this build")
