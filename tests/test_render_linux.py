@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.core.template import load_template
 from orchestrator.effects.sshkeys import make_key_pair
-from tests.helpers import linux_template
+from orchestrator.core import model as m
+from tests.helpers import PROJECT_TEMPLATES, image_template_data, linux_template, load_sample
 
 HOSTILE = [
     "echo ${HOME} %{if x} {{ .Path }} {{user `x`}} \"quoted\" 'single' \\back\\slash",
@@ -30,8 +30,8 @@ def _source(tmp_path: Path) -> ResolvedSource:
     return ResolvedSource("PlatformImage test", str(image), "qcow2", 3 * 1024**3, "0" * 64, "1.0.0")
 
 
-def _render(tmp_path: Path, data: dict, downloads: dict | None = None):
-    template = load_template(data)
+def _render(tmp_path: Path, data: dict | m.ImageTemplate, downloads: dict | None = None):
+    template = data if isinstance(data, m.ImageTemplate) else load_template(data)
     plan = make_plan(template, _source(tmp_path), "test")
     work = tmp_path / "work"
     ctx = RenderContext(str(work), str(work / "out"), str(work / "id_ed25519"), "ssh-ed25519 AAAAC3 test", "tcg",
@@ -41,7 +41,7 @@ def _render(tmp_path: Path, data: dict, downloads: dict | None = None):
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text(content)
     (work / "build.pkr.hcl").write_text(rendered.hcl)
-    make_key_pair(work, "test")
+    make_key_pair(work / "id_ed25519", "test")
     return plan, rendered, work
 
 
@@ -165,8 +165,7 @@ def test_seed_has_only_this_runs_key(tmp_path):
     assert "ssh_pwauth: false" in user_data
 
 
-@pytest.mark.skipif(shutil.which("packer") is None, reason="packer is installed by scripts/setup-host.sh")
-def test_packer_validate_accepts_rendered_hcl(tmp_path):
+def test_packer_validate_accepts_rendered_hcl(tmp_path, packer):
     data = linux_template(customize=[
         {"type": "Shell", "name": "x", "inline": HOSTILE},
         {"type": "File", "name": "f", "sourceUri": "https://h/f", "destination": "/tmp/f"},
@@ -174,22 +173,57 @@ def test_packer_validate_accepts_rendered_hcl(tmp_path):
     (tmp_path / "f").write_text("x")
     _, _, work = _render(tmp_path, data, {"https://h/f": str(tmp_path / "f")})
     env = dict(os.environ, CHECKPOINT_DISABLE="1")
-    result = subprocess.run(["packer", "validate", str(work / "build.pkr.hcl")], capture_output=True, text=True,
+    result = subprocess.run([packer, "validate", str(work / "build.pkr.hcl")], capture_output=True, text=True,
                             env=env, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_large_vm_sizes_are_fitted_to_the_host(tmp_path):
+def test_escaping_sample_reaches_its_scripts_byte_exact(tmp_path):
+    sample = PROJECT_TEMPLATES / "linux-escaping.json"
+    first, upload, last = image_template_data(sample)["properties"]["customize"]
+    local = tmp_path / "motd.txt"
+    _, rendered, work = _render(tmp_path, load_sample(sample), {upload["sourceUri"]: str(local)})
+    scripts = {b.source: dict(b.attrs)["script"] for b in rendered.provisioners if b.kind == "shell"}
+    for step in (first, last):
+        script = Path(scripts[f"customizer:{step['name']}"])
+        assert script.read_text() == "#!/bin/sh -e\n" + "\n".join(step["inline"]) + "\n"
+        syntax = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+        assert syntax.returncode == 0, syntax.stderr
+    code = "\n".join(line for line in rendered.hcl.splitlines() if not line.lstrip().startswith("#"))
+    for marker in ("${HOME}", "%{not-hcl}", "{{user", "%{y}", "caf\u00e9", "${x}"):
+        assert marker not in code, marker
+    place = Path(scripts[f"customizer:{upload['name']}"]).read_text()
+    moved = subprocess.run(["sh", "-c", place.split("\n")[-2].replace("mv -f --", "printf '%s\\n'")],
+                           capture_output=True, text=True)
+    assert moved.stdout.splitlines()[-1] == upload["destination"]
+
+
+def test_large_vm_sizes_are_fitted_to_the_host(tmp_path, monkeypatch):
+    from orchestrator import engine
     from orchestrator.effects.runlog import RunLog
-    from orchestrator.engine import fit_to_host, host_resources
 
     plan, _, _ = _render(tmp_path, linux_template(vmProfile={"vmSize": "Standard_D16s_v3"}))
-    cpus, memory = host_resources()
+    assert (plan.cpus, plan.memory_mib) == (16, 65536)
+    monkeypatch.setattr(engine, "host_resources", lambda: (4, 10_000))
     with RunLog(tmp_path / "log") as log:
-        fitted = fit_to_host(plan, log)
-    assert (fitted.cpus, fitted.memory_mib) == (min(16, cpus), min(65536, memory * 3 // 4))
+        fitted = engine.fit_to_host(plan, log)
+    assert (fitted.cpus, fitted.memory_mib) == (4, 7_500)  # the host's CPUs, 3/4 of its memory
+    text = (tmp_path / "log").read_text()
+    assert "Standard_D16s_v3 asks for 16 vCPU / 65536 MiB" in text
+    assert "this host has 4 CPUs / 10000 MiB: the build VM gets 4 vCPU / 7500 MiB" in text
+
     (tmp_path / "s").mkdir()
     small, _, _ = _render(tmp_path / "s", linux_template(vmProfile={"vmSize": "Standard_B1s"}))
     with RunLog(tmp_path / "log2") as log:
-        assert fit_to_host(small, log) is small
+        assert engine.fit_to_host(small, log) is small
     assert (tmp_path / "log2").read_text() == ""
+
+
+def test_this_host_is_measured():
+    from orchestrator.engine import host_resources
+
+    cpus, memory = host_resources()
+    assert cpus == int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total_mib = int(meminfo["MemTotal"].split()[0]) // 1024
+    assert abs(memory - total_mib) <= 1

@@ -111,6 +111,17 @@ def test_shell_needs_exactly_one_of_script_or_inline():
     assert ("$.properties.customize[0]", "script-or-inline") in rules(neither)
 
 
+@pytest.mark.parametrize("kind", ["Shell", "PowerShell"])
+@pytest.mark.parametrize("null", ["inline", "scriptUri"])
+def test_a_null_script_or_inline_is_neither(kind, null):
+    # found by test_fuzz: with `"inline": null` a step loaded with no commands and no script, and
+    # `orchestrate render` then failed with an internal error (exit 70)
+    data = linux_template(customize=[{"type": kind, "name": "a", null: None}])
+    found = rules(data)
+    assert ("$.properties.customize[0]", "script-or-inline") in found or \
+        (f"$.properties.customize[0].{null}", "type") in found, found
+
+
 def test_checksum_format_and_scheme():
     data = linux_template(customize=[
         {"type": "Shell", "name": "a", "scriptUri": "ftp://h/s.sh", "sha256Checksum": "abc"},
