@@ -1,6 +1,7 @@
 """The image template as typed, frozen dataclasses.
 
-Field names follow AIB's JSON; the loader (template.py) is the only place that reads JSON.
+Field names follow AIB's JSON. Nothing here reads JSON: document.py parses the text (and
+unwraps ARM deployments with arm.py), template.py walks it with reader.py into these classes.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from orchestrator.core import model as m
 from orchestrator.core.vmsizes import vm_resources
@@ -86,9 +86,7 @@ class BuildPlan:
     vm_size: str
     deprovision_command: str
     deprovision_override: str
-    validation_continue_on_failure: bool = False
     on_customizer_error: str = "cleanup"
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def downloads(self) -> tuple[Download, ...]:
@@ -116,10 +114,10 @@ def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> B
             f"{template.vm_profile.os_disk_size_gb} GB is smaller than the source image "
             f"({source_mib / 1024:.1f} GiB): a disk can only grow",
             "raise osDiskSizeGB, or set it to 0 to keep the source size")], name)
-    steps = [_step(i, c, "customize") for i, c in enumerate(template.customize, 1)]
+    steps = [_step(i, i, c, "customize") for i, c in enumerate(template.customize, 1)]
     if template.validate is not None:
         offset = len(steps)
-        steps += [_step(offset + i, c, "validate") for i, c in enumerate(template.validate.in_vm_validations, 1)]
+        steps += [_step(offset + i, i, c, "validate") for i, c in enumerate(template.validate.in_vm_validations, 1)]
     windows = template.os_type == "Windows"
     return BuildPlan(
         name=name,
@@ -134,15 +132,16 @@ def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> B
         vm_size=template.vm_profile.vm_size,
         deprovision_command="Sysprep" if windows else m.LINUX_DEPROVISION_COMMAND,
         deprovision_override=m.WINDOWS_DEPROVISION_OVERRIDE if windows else m.LINUX_DEPROVISION_OVERRIDE,
-        validation_continue_on_failure=bool(template.validate and template.validate.continue_distribute_on_failure),
         on_customizer_error=template.error_handling.on_customizer_error,
     )
 
 
-def _step(index: int, c: m.Customizer, phase: str) -> Step:
-    path = f"$.properties.{'customize' if phase == 'customize' else 'validate.inVMValidations'}"
+def _step(index: int, position: int, c: m.Customizer, phase: str) -> Step:
+    """`index` counts every step in run order; `position` (from 1) is the step's place in its own
+    JSON list, customize or validate.inVMValidations."""
+    at = f"$.properties.{'customize' if phase == 'customize' else 'validate.inVMValidations'}[{position - 1}]"
     if isinstance(c, (m.ShellCustomizer, m.PowerShellCustomizer)):
-        download = Download(c.script_uri, c.sha256, c.name, f"{path}[{index - 1}].scriptUri") if c.script_uri else None
+        download = Download(c.script_uri, c.sha256, c.name, f"{at}.scriptUri") if c.script_uri else None
         extra = {}
         if isinstance(c, m.PowerShellCustomizer):
             extra = dict(run_elevated=c.run_elevated, run_as_system=c.run_as_system,
@@ -150,7 +149,7 @@ def _step(index: int, c: m.Customizer, phase: str) -> Step:
         return Step(index, c.name, c.kind, phase, inline=c.inline, download=download, **extra)
     if isinstance(c, m.FileCustomizer):
         return Step(index, c.name, c.kind, phase,
-                    download=Download(c.source_uri, c.sha256, c.name, f"{path}[{index - 1}].sourceUri"),
+                    download=Download(c.source_uri, c.sha256, c.name, f"{at}.sourceUri"),
                     destination=c.destination)
     if isinstance(c, m.WindowsRestartCustomizer):
         return Step(index, c.name, c.kind, phase, restart_command=c.restart_command,

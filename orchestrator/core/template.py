@@ -229,9 +229,9 @@ def _vm_profile(props: ObjectReader, api: str) -> m.VmProfile:
             vnet_obj.problem("subnetId", "vnet-spelling", f"subnetId is the API {API_2020} spelling; "
                              f"API {API_2019} takes name, subnetName and resourceGroupName",
                              f"use apiVersion {API_2020} or newer, or the three {API_2019} fields")
-        elif vnet.subnet_id and not SUBNET_ID_RE.match(vnet.subnet_id) and not _PLACEHOLDER_RE.search(vnet.subnet_id):
-            vnet_obj.problem("subnetId", "resource-id", "not a subnet resource ID",
-                             "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/V/subnets/N")
+        else:
+            _resource_id(vnet_obj, "subnetId", vnet.subnet_id, SUBNET_ID_RE, "not a subnet resource ID",
+                         "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/V/subnets/N")
         vnet_obj.finish()
     identities = obj.get("userAssignedIdentities", list, []) or []
     obj.finish()
@@ -258,16 +258,14 @@ def _source(props: ObjectReader, api: str) -> m.Source | None:
             source = m.PlatformImageSource(*fields, version=version, plan_info=plan)  # type: ignore[misc]
     elif lowered == "managedimage":
         image_id = obj.string("imageId", required=True)
-        if image_id and not MANAGED_IMAGE_ID_RE.match(image_id) and not _PLACEHOLDER_RE.search(image_id):
-            obj.problem("imageId", "resource-id", "not a managed image resource ID",
-                        "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME")
+        _resource_id(obj, "imageId", image_id, MANAGED_IMAGE_ID_RE, "not a managed image resource ID",
+                     "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME")
         source = m.ManagedImageSource(image_id) if image_id else None
     elif lowered == "sharedimageversion":
         version_id = obj.string("imageVersionId", required=True)
-        if version_id and not IMAGE_VERSION_ID_RE.match(version_id) and not _PLACEHOLDER_RE.search(version_id):
-            obj.problem("imageVersionId", "resource-id", "not a gallery image version resource ID",
-                        ".../galleries/G/images/DEF/versions/VER (VER may be `latest`)")
-        elif version_id and not _PLACEHOLDER_RE.search(version_id):
+        if _resource_id(obj, "imageVersionId", version_id, IMAGE_VERSION_ID_RE,
+                        "not a gallery image version resource ID",
+                        ".../galleries/G/images/DEF/versions/VER (VER may be `latest`)"):
             found = _GALLERY_VERSION_RE.search(version_id)
             if found and not _is_version(found.group(1), latest=True):
                 obj.problem("imageVersionId", "version-format",
@@ -436,6 +434,19 @@ def _error_handling(props: ObjectReader) -> m.ErrorHandling:
     return m.ErrorHandling(*values)
 
 
+def _resource_id(obj: ObjectReader, key: str, value: str | None, pattern: re.Pattern[str],
+                 message: str, hint: str) -> bool:
+    """Reports `key` when its value is not a resource ID of the kind `pattern` matches; an
+    absent value and one holding a `<placeholder>` are not checked. True when the value is a
+    real ID of that kind (the caller may check more of it)."""
+    if not value or _PLACEHOLDER_RE.search(value):
+        return False
+    if not pattern.match(value):
+        obj.problem(key, "resource-id", message, hint)
+        return False
+    return True
+
+
 def _target(obj: ObjectReader, api: str = API_2020) -> m.Target | None:
     kind = obj.string("type", required=True, hint="ManagedImage, SharedImage or VHD")
     run_output = obj.string("runOutputName", required=True)
@@ -448,18 +459,16 @@ def _target(obj: ObjectReader, api: str = API_2020) -> m.Target | None:
     target: m.Target | None = None
     if lowered == "managedimage":
         image_id = obj.string("imageId", required=True)
-        if image_id and not MANAGED_IMAGE_ID_RE.match(image_id) and not _PLACEHOLDER_RE.search(image_id):
-            obj.problem("imageId", "resource-id", "not a managed image resource ID",
-                        "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME")
+        _resource_id(obj, "imageId", image_id, MANAGED_IMAGE_ID_RE, "not a managed image resource ID",
+                     "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME")
         location = obj.string("location", required=True)
         if run_output and image_id and location:
             target = m.ManagedImageTarget(run_output, image_id, location, tags)
     elif lowered == "sharedimage":
         gallery_id = obj.string("galleryImageId", required=True)
-        if gallery_id and not GALLERY_IMAGE_ID_RE.match(gallery_id) and not _PLACEHOLDER_RE.search(gallery_id):
-            obj.problem("galleryImageId", "resource-id", "not a gallery image (or image version) resource ID",
-                        "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/DEF")
-        elif gallery_id and not _PLACEHOLDER_RE.search(gallery_id):
+        if _resource_id(obj, "galleryImageId", gallery_id, GALLERY_IMAGE_ID_RE,
+                        "not a gallery image (or image version) resource ID",
+                        "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/DEF"):
             _check_explicit_version(obj, gallery_id, api)
         # API 2020-02-14 and older replicate with replicationRegions only (targetRegions came later)
         older = api <= API_2020

@@ -1,1 +1,1 @@
-"""Effects: processes, files, downloads, SQLite, libvirt. The core never imports these."""
+"""Effects: processes (Packer, QEMU, qemu-img), files, downloads, SQLite. The core never imports these."""
