@@ -350,9 +350,12 @@ def _customizer(obj: ObjectReader, index: int, validation: bool, api: str = API_
         uri = _uri(obj, "scriptUri", required=False)
         sha = _checksum(obj)
         inline = obj.strings("inline", nonempty=True)
-        if obj.has("scriptUri") == obj.has("inline"):
+        def given(name: str) -> bool:  # null is no value, as for every other optional field
+            return obj.has(name) and obj.raw(name) is not None
+
+        if given("scriptUri") == given("inline"):
             obj.problem(None, "script-or-inline", f"a {kind} customizer needs exactly one of scriptUri or inline")
-        if sha and not obj.has("scriptUri"):
+        if sha and not given("scriptUri"):
             obj.problem("sha256Checksum", "checksum-without-uri", "sha256Checksum goes with scriptUri")
         if lowered == "shell":
             result = m.ShellCustomizer(name, uri, sha, inline)
