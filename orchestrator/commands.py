@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from orchestrator.config import Config, make_private_dir
 from orchestrator.core import model as m
@@ -180,15 +181,16 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
 def cmd_render(args: argparse.Namespace, config: Config) -> int:
     """Prints the HCL, or with -o DIR writes it with every file it references (step scripts,
     cloud-init seed, a key pair) so that `packer validate DIR/build.pkr.hcl` runs as is.
-    Downloads are not fetched: their paths are where `orchestrate build` caches them."""
+    Downloads are not fetched: their paths are where `orchestrate build` caches them (a file
+    without sha256Checksum under cache/downloads/fetched-at-build-time/, see _render_download_path)."""
     from orchestrator.effects.sshkeys import make_key_pair
     from orchestrator.pipeline.build import KEY_NAME, write_rendered
 
     template, name, _ = load(args, config)
     plan = _plan_for_display(config, template, name)
     work = Path(args.output).resolve() if args.output else config.runs_dir / "render"
-    downloads = {d.url: str(config.cache_dir / "sha256" / (d.sha256 or f"unverified-{_url_key(d.url)}"))
-                 for d in plan.downloads}
+    downloads = {d.url: str(_render_download_path(config, position, d.url, d.sha256))
+                 for position, d in enumerate(plan.downloads, 1)}
     public_key = "ssh-ed25519 AAAA-not-written render"
     if args.output:
         make_private_dir(work)
@@ -220,10 +222,15 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _url_key(url: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(url.encode()).hexdigest()[:16]
+def _render_download_path(config: Config, position: int, url: str, sha256: str | None) -> Path:
+    """Where `build` will have the file: the download cache keeps files by content hash, so a
+    file given with its sha256Checksum has a known path; one without is only named by its hash
+    once fetched, and the path says so."""
+    if sha256:
+        return config.cache_dir / "sha256" / sha256.lower()
+    base = urlsplit(url).path.rsplit("/", 1)[-1]
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in base)[:60].strip(".-") or "file"
+    return config.cache_dir / "fetched-at-build-time" / f"{position:02d}-{safe}"
 
 
 def cmd_build(args: argparse.Namespace, config: Config) -> int:
@@ -336,15 +343,35 @@ def cmd_output(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
+    """SIGTERM to the run's build process, identified by pid and start time (pids are reused):
+    a run whose process is gone is marked as ended, and nothing is signalled."""
+    from orchestrator.effects.proc import process_start_time, signal_process
+
     store = _store(config)
     run = _get_run(store, args.run_id)
-    if run["run_state"] != "Running" or not run["pid"]:
-        raise UsageError(f"run {args.run_id} is not running ({run['run_state']})")
+    pid, started = run["pid"], run.get("pid_start_time")
+    if run["run_state"] not in ("Running", "Canceling") or not pid:
+        raise UsageError(f"run {args.run_id} is not running ({run['run_state']})",
+                         hint="`orchestrate runs` shows the runs and their states")
+    if started is None and process_start_time(pid) is not None:
+        # recorded by an orchestrator that did not keep the process's identity
+        raise UsageError(f"run {args.run_id} did not record which process pid {pid} was; "
+                         "it may be another process now, so it is not signalled",
+                         hint=f"check `ps -o pid,lstart,args -p {pid}`; if it is the build, `kill {pid}`")
     store.update_run(args.run_id, run_state="Canceling")
     try:
-        os.kill(run["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        store.finish_run(args.run_id, "Canceled", "the build process was gone")
+        signalled = started is not None and signal_process(pid, started, signal.SIGTERM)
+    except PermissionError:
+        store.update_run(args.run_id, run_state=run["run_state"])
+        raise UsageError(f"not allowed to signal the build process of run {args.run_id} (pid {pid})",
+                         hint="run `orchestrate cancel` as the user that started the build") from None
+    if not signalled:
+        # it ended without recording an end: killed, or the host rebooted
+        state = "Canceled" if run["run_state"] == "Canceling" else "Failed"
+        store.finish_run(args.run_id, state, f"the build process (pid {pid}) is gone: it ended without "
+                         "recording a result")
+        print(f"run {args.run_id}: its build process (pid {pid}) is gone; marked {state}, nothing was signalled")
+        return 0
     print(f"cancel requested for {args.run_id}")
     return 0
 

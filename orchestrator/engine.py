@@ -27,6 +27,7 @@ from orchestrator.effects.catalog import Catalog
 from orchestrator.effects.downloads import DownloadCache, display_url
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.hostpolicy import HostPolicy, template_problems
+from orchestrator.effects.proc import process_start_time
 from orchestrator.effects.runlog import RunLog
 from orchestrator.effects.state import StateStore
 from orchestrator.errors import Canceled, OrchestratorError, TemplateInvalid
@@ -76,7 +77,8 @@ class Engine:
         work = self.run_dir(run_id)
         work.mkdir(mode=0o700, parents=True)
         log = RunLog(work / "customization.log")
-        self.state.update_run(run_id, pid=os.getpid(), source=plan.source.description,
+        self.state.update_run(run_id, pid=os.getpid(), pid_start_time=process_start_time(os.getpid()),
+                              source=plan.source.description,
                               resolved_version=plan.source.resolved_version)
         deadline = time.monotonic() + plan.timeout_minutes * 60
         restore = _install_cancel_handlers(cancel)

@@ -153,3 +153,190 @@ def test_every_resource_id_field_is_checked_the_same_way(shape, path, good):
     assert problems("not/an/id") == [(path, "resource-id")]
     assert problems(good) == []
     assert problems("<resourceId>") == []  # a placeholder is left to the user
+
+
+# --- the accelerator probe without QEMU ----------------------------------------------------------
+
+def test_a_missing_qemu_is_a_host_problem_and_nothing_is_cached(tmp_path, monkeypatch):
+    from orchestrator.effects import accel
+    from orchestrator.errors import EnvironmentProblem
+
+    monkeypatch.setattr(accel.os, "access", lambda path, mode: True)  # as if /dev/kvm opened
+    cache = tmp_path / "accelerator.json"
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    missing = str(tmp_path / "no-such-qemu-system-x86_64")
+    with pytest.raises(EnvironmentProblem) as raised:
+        accel.choose_accelerator("auto", cache, disk, qemu=missing)
+    assert raised.value.exit_code == ExitCode.ENVIRONMENT
+    assert f"`{missing}` is not installed" in raised.value.message
+    assert "scripts/setup-host.sh" in (raised.value.hint or "")
+    assert not cache.exists()
+
+
+# --- image import of files that are no (readable) disk image ----------------------------------
+
+def _qcow2(path: Path, size: str = "64M") -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+    return path
+
+
+def _corrupt_l1(path: Path) -> Path:
+    """A qcow2 that `qemu-img info` still reads, with an L1 entry pointing off cluster boundaries."""
+    import struct
+
+    subprocess.run(["qemu-io", "-c", "write -P 0x41 0 1M", str(path)], check=True, capture_output=True)
+    with open(path, "r+b") as handle:
+        l1_offset = struct.unpack(">Q", handle.read(48)[40:48])[0]
+        handle.seek(l1_offset)
+        entry = struct.unpack(">Q", handle.read(8))[0]
+        handle.seek(l1_offset)
+        handle.write(struct.pack(">Q", entry + 0x200))
+    return path
+
+
+def _import(home: Path, path: Path):
+    return orchestrate("image", "import", str(path), "--publisher", "P", "--offer", "O", "--sku", "S",
+                       "--version", "1.0.0", home=home)
+
+
+def test_importing_a_file_that_is_no_disk_image_is_invalid_input(tmp_path, home):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a disk\n")
+    result = _import(home, text)
+    assert result.returncode == ExitCode.INVALID_INPUT
+    no_traceback(result)
+    assert f"{text} is not a disk image: qemu-img reads it as raw, but it has no partition table" in result.stderr
+    assert "hint: import a qcow2 or raw disk image" in result.stderr
+
+
+def test_importing_an_unreadable_qcow2_says_what_qemu_img_said(tmp_path, home):
+    broken = tmp_path / "short.qcow2"
+    broken.write_bytes(_qcow2(tmp_path / "good.qcow2").read_bytes()[:100])
+    result = _import(home, broken)
+    assert result.returncode == ExitCode.INVALID_INPUT
+    no_traceback(result)
+    assert f"{broken} is not a disk image qemu-img can read: Could not open '{broken}': qcow2 header too short" \
+        in result.stderr
+    assert "hint: import a qcow2 or raw disk image" in result.stderr
+
+
+def test_importing_a_corrupt_qcow2_is_invalid_input(tmp_path, home):
+    corrupt = _corrupt_l1(_qcow2(tmp_path / "corrupt.qcow2"))
+    result = _import(home, corrupt)
+    assert result.returncode == ExitCode.INVALID_INPUT
+    no_traceback(result)
+    assert f"{corrupt} is a corrupt qcow2 image: `qemu-img check` says" in result.stderr
+    assert "L1 entry corrupted" in result.stderr and "hint:" in result.stderr
+
+
+def test_good_qcow2_and_partitioned_raw_images_import(tmp_path, home):
+    assert _import(home, _qcow2(tmp_path / "good.qcow2")).returncode == 0
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * (2 * 1024 * 1024 - 512))
+    result = orchestrate("image", "import", str(raw), "--publisher", "P", "--offer", "O", "--sku", "S",
+                         "--version", "2.0.0", home=home)
+    assert result.returncode == 0, result.stderr
+
+
+# --- cancel signals the run's own process, never one that reused its pid -------------------------
+
+OLD_RUNS_TABLE = """CREATE TABLE runs (
+    id TEXT PRIMARY KEY, template_name TEXT NOT NULL, template_path TEXT, build_digest TEXT,
+    run_state TEXT NOT NULL, run_sub_state TEXT, message TEXT, source TEXT, resolved_version TEXT,
+    log_path TEXT, start_time REAL NOT NULL, end_time REAL, pid INTEGER)"""
+
+
+def test_an_existing_database_gets_the_process_identity_column(tmp_path):
+    import sqlite3
+
+    from orchestrator.effects.state import StateStore
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute(OLD_RUNS_TABLE)
+        db.execute("INSERT INTO runs (id, template_name, run_state, start_time, pid) VALUES ('old', 't', "
+                   "'Succeeded', 1.0, NULL)")
+    store = StateStore(path)
+    assert store.run("old")["pid_start_time"] is None and store.run("old")["run_state"] == "Succeeded"
+    StateStore(path)  # a second opening finds the column and adds nothing
+
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _running(config, pid: int, start: int | None, state: str = "Running") -> str:
+    from orchestrator.effects.state import StateStore
+
+    store = StateStore(config.db_path)
+    run_id = store.start_run("t", None, lambda rid: config.runs_dir / rid / "customization.log")
+    store.update_run(run_id, run_state=state, pid=pid, pid_start_time=start)
+    return run_id
+
+
+def _run_row(config, run_id: str) -> dict:
+    from orchestrator.effects.state import StateStore
+
+    return StateStore(config.db_path).run(run_id)
+
+
+def test_cancel_signals_the_runs_own_process(config, home, sleeper):
+    from orchestrator.effects.proc import process_start_time
+
+    run_id = _running(config, sleeper.pid, process_start_time(sleeper.pid))
+    result = orchestrate("cancel", run_id, home=home)
+    assert result.returncode == 0 and f"cancel requested for {run_id}" in result.stdout
+    assert sleeper.wait(timeout=10) == -15
+    assert _run_row(config, run_id)["run_state"] == "Canceling"
+
+
+def test_cancel_never_signals_a_process_that_reused_the_pid(config, home, sleeper):
+    from orchestrator.effects.proc import process_start_time
+
+    run_id = _running(config, sleeper.pid, process_start_time(sleeper.pid) - 1)  # the run's process started earlier
+    result = orchestrate("cancel", run_id, home=home)
+    assert result.returncode == 0
+    assert f"its build process (pid {sleeper.pid}) is gone; marked Failed, nothing was signalled" in result.stdout
+    assert sleeper.poll() is None
+    row = _run_row(config, run_id)
+    assert row["run_state"] == "Failed" and "is gone" in row["message"] and row["pid"] is None
+
+
+def test_cancel_of_a_canceling_run_whose_process_is_gone_marks_it_canceled(config, home):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run_id = _running(config, gone.pid, 12345, state="Canceling")
+    result = orchestrate("cancel", run_id, home=home)
+    assert result.returncode == 0 and "marked Canceled" in result.stdout
+    assert _run_row(config, run_id)["run_state"] == "Canceled"
+
+
+def test_cancel_without_a_recorded_identity_does_not_signal_a_live_pid(config, home, sleeper):
+    run_id = _running(config, sleeper.pid, None)
+    result = orchestrate("cancel", run_id, home=home)
+    assert result.returncode == ExitCode.INVALID_INPUT
+    no_traceback(result)
+    assert f"did not record which process pid {sleeper.pid} was" in result.stderr and "hint: check `ps" in result.stderr
+    assert sleeper.poll() is None
+    assert _run_row(config, run_id)["run_state"] == "Running"
+
+
+# --- render names where a download without sha256 will be -------------------------------------
+
+def test_render_shows_where_downloads_will_be(tmp_path, home):
+    data = linux_template(customize=[
+        {"type": "Shell", "name": "a", "scriptUri": "https://example.com/x/setup.sh"},
+        {"type": "Shell", "name": "b", "scriptUri": "https://example.com/b.sh", "sha256Checksum": SHA.upper()}])
+    template = tmp_path / "t.json"
+    template.write_text(dumps(data))
+    result = orchestrate("render", str(template), home=home)
+    assert result.returncode == 0, result.stderr
+    cache = home.resolve() / "cache" / "downloads"
+    assert f'"{cache}/fetched-at-build-time/01-setup.sh"' in result.stdout
+    assert f'"{cache}/sha256/{SHA}"' in result.stdout
+    assert "unverified-" not in result.stdout

@@ -15,7 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from orchestrator.effects.proc import line_queue
+from orchestrator.effects.proc import SETUP_HINT, line_queue
+from orchestrator.errors import EnvironmentProblem
 
 PROBE_TIMEOUT = 30.0
 _BOOTED = b"Linux version"
@@ -24,13 +25,18 @@ _FAILED = (b"KVM internal error", b"emulation failure", b"failed to set MSR")
 
 def guest_boots(image: Path, accel: str, qemu: str = "qemu-system-x86_64",
                 timeout: float = PROBE_TIMEOUT) -> bool:
-    """True once the guest kernel prints its banner under `accel`; False on error or timeout."""
+    """True once the guest kernel prints its banner under `accel`; False on error or timeout.
+    A QEMU that cannot be started is a host problem, not a verdict on the accelerator."""
     argv = [qemu, "-accel", accel, "-m", "512", "-display", "none", "-nodefaults", "-no-reboot",
             "-serial", "stdio", "-drive", f"file={image},if=virtio,snapshot=on,readonly=off"]
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    except OSError:
-        return False
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem(f"the accelerator probe cannot run: `{qemu}` is not installed",
+                                 hint=SETUP_HINT) from exc
+    except OSError as exc:
+        raise EnvironmentProblem(f"the accelerator probe cannot start `{qemu}`: {exc.strerror}",
+                                 hint=f"check that {qemu} is an executable QEMU; {SETUP_HINT}") from exc
     assert proc.stdout is not None
     lines = line_queue(proc.stdout)
     deadline = time.monotonic() + timeout
@@ -61,7 +67,8 @@ def _boot_id() -> str:
 
 def choose_accelerator(setting: str, cache_file: Path, probe_image: Path,
                        qemu: str = "qemu-system-x86_64") -> tuple[str, str]:
-    """Returns (accelerator, why). The probe's answer is kept until the host reboots."""
+    """Returns (accelerator, why). The probe's answer is kept until the host reboots; a probe
+    that could not run (EnvironmentProblem) is raised and nothing is kept."""
     if setting in ("kvm", "tcg"):
         return setting, "set by ORCHESTRATOR_ACCELERATOR"
     boot = _boot_id()

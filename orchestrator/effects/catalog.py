@@ -44,7 +44,7 @@ class Catalog:
         if existing and not replace:
             raise UsageError(f"{publisher}:{offer}:{sku}:{version} is already imported",
                              hint="pass --replace to import it again")
-        facts = qemu_img.info(path)
+        facts = qemu_img.importable(path)
         digest = sha256_file(path)
         dest = self.images_dir / f"{digest}.qcow2"
         if not dest.exists():

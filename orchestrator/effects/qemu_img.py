@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.effects.files import temp_name
-from orchestrator.effects.proc import run
-from orchestrator.errors import BuildFailed
+from orchestrator.effects.proc import output_tail, run
+from orchestrator.errors import BuildFailed, UsageError
 
 MIB = 1024 * 1024
 MAX_VHD_BYTES = 1023 * 1024**3
+IMPORT_FORMATS_HINT = ("import a qcow2 or raw disk image (VHD, VHDX, VMDK and VDI are converted too); "
+                       "`qemu-img info FILE` shows what qemu-img makes of a file")
+_BOOT_SIGNATURE = b"\x55\xaa"  # the last two bytes of an MBR, a GPT disk's protective MBR too
 
 
 @dataclass(frozen=True)
@@ -23,8 +27,48 @@ class ImageInfo:
 
 def info(path: Path, fmt: str | None = None) -> ImageInfo:
     argv = ["qemu-img", "info", "--output=json"] + (["-f", fmt] if fmt else []) + [str(path)]
-    data = json.loads(run(argv, f"reading {path}").stdout)
+    return _facts(run(argv, f"reading {path}").stdout)
+
+
+def _facts(info_json: str) -> ImageInfo:
+    data = json.loads(info_json)
     return ImageInfo(data["format"], int(data["virtual-size"]), data.get("backing-filename"))
+
+
+def importable(path: Path) -> ImageInfo:
+    """The facts of a disk image a user imports. A file qemu-img cannot read, a qcow2 whose
+    metadata is corrupt, and a raw file that is no disk (qemu-img takes any file for raw) are
+    invalid input, with what qemu-img said."""
+    result = run(["qemu-img", "info", "--output=json", str(path)], f"reading {path}", check=False)
+    if result.returncode != 0:
+        raise UsageError(f"{path} is not a disk image qemu-img can read: {_said(result)}", hint=IMPORT_FORMATS_HINT)
+    facts = _facts(result.stdout)
+    if facts.format == "qcow2":
+        # 0: clean, 3: leaked clusters only (harmless); 1: not checked for errors, 2: corrupt
+        check = run(["qemu-img", "check", "-f", "qcow2", str(path)], f"checking {path}", check=False)
+        if check.returncode in (1, 2):
+            raise UsageError(f"{path} is a corrupt qcow2 image: `qemu-img check` says {_check_said(check)}",
+                             hint="`qemu-img check -r all` may repair a copy of it; else build or fetch the "
+                                  "image again")
+    elif facts.format == "raw":
+        with open(path, "rb") as handle:
+            first = handle.read(512)
+        if first[510:512] != _BOOT_SIGNATURE:
+            raise UsageError(f"{path} is not a disk image: qemu-img reads it as raw, but it has no partition "
+                             "table (no MBR or GPT boot signature in its first sector)", hint=IMPORT_FORMATS_HINT)
+    return facts
+
+
+def _said(result: subprocess.CompletedProcess[str]) -> str:
+    return "; ".join(line.removeprefix("qemu-img: ") for line in output_tail(result, 3).splitlines()) \
+        or f"qemu-img exited with {result.returncode}"
+
+
+def _check_said(result: subprocess.CompletedProcess[str]) -> str:
+    """`qemu-img check` prints one line per bad cluster: its summary and the first error."""
+    summary = [line.rstrip(".") for line in result.stdout.splitlines() if "were found" in line and "leaked" not in line]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("ERROR", "qemu-img:"))]
+    return "; ".join(summary[:1] + [e.removeprefix("qemu-img: ") for e in errors[:1]]) or _said(result)
 
 
 def convert(src: Path, dst: Path, out_format: str, what: str, options: str | None = None) -> None:

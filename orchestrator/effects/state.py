@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     log_path TEXT,
     start_time REAL NOT NULL,
     end_time REAL,
-    pid INTEGER
+    pid INTEGER,
+    pid_start_time INTEGER
 );
 CREATE TABLE IF NOT EXISTS run_outputs (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -52,6 +53,21 @@ CREATE TABLE IF NOT EXISTS run_outputs (
     PRIMARY KEY (run_id, name)
 );
 """
+# Columns added after a database may have been created: (table, column, declaration).
+# pid_start_time: the build process's start (/proc/PID/stat field 22); with pid it identifies
+# the process, so that `orchestrate cancel` never signals a process that reused the pid.
+_ADDED_COLUMNS = (("runs", "pid_start_time", "INTEGER"),)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    for table, column, declaration in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -82,6 +98,7 @@ class StateStore:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             with self._connect() as db:
                 db.executescript(_SCHEMA)
+                _migrate(db)
 
     @classmethod
     def existing(cls, path: Path) -> "StateStore | None":
@@ -157,7 +174,8 @@ class StateStore:
             db.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*fields.values(), run_id))
 
     def finish_run(self, run_id: str, state: str, message: str = "") -> None:
-        self.update_run(run_id, run_state=state, message=message, end_time=time.time(), pid=None)
+        self.update_run(run_id, run_state=state, message=message, end_time=time.time(), pid=None,
+                        pid_start_time=None)
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         with self._connect() as db:
