@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import yaml
 
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
@@ -40,6 +41,7 @@ class RenderContext:
     accelerator: str  # kvm or tcg
     downloads: dict[str, str] = field(default_factory=dict)  # url -> cached local path
     headless: bool = True
+    vnc: bool = False  # the build VM's VNC console: off, or on 127.0.0.1 with a per-run password
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,7 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         ("execute_command", "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }}"),
         ("skip_clean", True),
     ), (script,)))
-    # no local-hostname: setting one starts systemd-hostnamed, seconds under TCG
-    files["seed/meta-data"] = f"instance-id: orchestrator-{_safe_slug(plan.name)}\n"
+    files["seed/meta-data"] = cloud_init_meta_data(plan.name)
     files["seed/user-data"] = cloud_init_user_data(ctx.ssh_public_key)
     seed = [_host_path(str(work / "seed/meta-data")), _host_path(str(work / "seed/user-data"))]
     hcl = _environment().get_template("linux.pkr.hcl.j2").render(
@@ -224,7 +225,7 @@ rm -f /etc/sudoers.d/90-cloud-init-users
 userdel -f -r {user} >/dev/null 2>&1 || true
 rm -rf /home/{user}
 rm -f /etc/ssh/ssh_host_*
-rm -f {UPLOAD_PREFIX}*
+rm -f {UPLOAD_PREFIX}* /tmp/script_*.sh
 # cloud-init may still be running its later stages of the build VM's first boot: stop them
 # (it has created the build user, all the build VM needed), so that none of its state is
 # written after the clean-up below. Waiting for them would cost ~10 s under TCG.
@@ -240,23 +241,34 @@ shutdown -P now
 """
 
 
+def cloud_init_meta_data(name: str) -> str:
+    # no local-hostname: setting one starts systemd-hostnamed, seconds under TCG
+    return _yaml({"instance-id": f"orchestrator-{_safe_slug(name)}"})
+
+
 def cloud_init_user_data(public_key: str) -> str:
-    key = public_key.strip()
-    return f"""#cloud-config
-users:
-  - name: {BUILD_USER}
-    sudo: "ALL=(ALL) NOPASSWD:ALL"
-    lock_passwd: true
-    ssh_authorized_keys:
-      - {key}
-ssh_pwauth: false
-disable_root: true
-locale: false
-manage_etc_hosts: true
-# The build VM needs only the user above: no config/final modules, so that cloud-init leaves
-# the image alone and finishes before the customizers do.
-cloud_config_modules: []
-cloud_final_modules: []
-# Host keys of the build VM are deleted before the image is sealed: make only the fast one.
-ssh_genkeytypes: [ed25519]
-"""
+    """The NoCloud user-data, made by a YAML library: nothing a template or a key comment
+    holds (newlines, `#`, `:`) can add or change a cloud-init key."""
+    config = {
+        "users": [{
+            "name": BUILD_USER,
+            "sudo": "ALL=(ALL) NOPASSWD:ALL",
+            "lock_passwd": True,
+            "ssh_authorized_keys": [public_key.strip()],
+        }],
+        "ssh_pwauth": False,
+        "disable_root": True,
+        "locale": False,
+        "manage_etc_hosts": True,
+        # The build VM needs only the user above: no config/final modules, so that cloud-init
+        # leaves the image alone and finishes before the customizers do.
+        "cloud_config_modules": [],
+        "cloud_final_modules": [],
+        # Host keys of the build VM are deleted before the image is sealed: make only the fast one.
+        "ssh_genkeytypes": ["ed25519"],
+    }
+    return "#cloud-config\n" + _yaml(config)
+
+
+def _yaml(data: dict) -> str:
+    return yaml.safe_dump(data, default_flow_style=False, sort_keys=False, allow_unicode=False, width=2**16)
