@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -71,15 +72,27 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     seen: list[str] = []
     listening: dict[int, set[str]] = {}
 
+    cdrom_dirs_before = set(Path("/tmp").glob("packer_to_cdrom*"))
+    while_running: dict[str, object] = {}
+
     def progress(what: str) -> None:
         seen.append(what)
-        if what.startswith("customizer 'inlineStep'"):  # the VM is up: inspect its sockets
+        if what.startswith("customizer 'inlineStep'"):  # the VM is up: inspect its sockets and files
             for pid in qemu_pids(str(imported_home.runs_dir)):
                 listening[pid] = _listening_addresses(pid)
+                while_running["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            [key] = imported_home.runs_dir.glob("*/id_ed25519")
+            while_running["key_mode"] = stat.S_IMODE(key.stat().st_mode)
 
     result = engine.build(template, "e2e", text, None, progress)
     assert result.run_state == "Succeeded"
     assert listening and all(addrs == {"0100007F"} for addrs in listening.values()), listening
+    assert while_running["key_mode"] == 0o600  # the run's private key, owner-only while the VM runs
+    assert not list(result.log_path.parent.glob("id_ed25519*"))  # and gone when the run ended
+    cmdline = while_running["cmdline"]
+    assert cmdline[cmdline.index(b"-vnc") + 1] == b"none"  # no console unless asked for
+    assert set(Path("/tmp").glob("packer_to_cdrom*")) == cdrom_dirs_before  # Packer's temporaries stay in the run
+    assert stat.S_IMODE(result.log_path.stat().st_mode) == 0o600
     assert [s.split(" (")[0] for s in seen if s.startswith("customizer")] == [
         "customizer 'inlineStep'", "customizer 'scriptStep'", "customizer 'fileStep'", "customizer 'placeStep'"]
 
@@ -93,6 +106,7 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     assert foot["current_size"] == 4096 * MIB == props["sizeBytes"]
     assert vhd.stat().st_size == foot["current_size"] + 512
     assert not list(vhd.parent.glob(".*part*"))
+    assert stat.S_IMODE(vhd.stat().st_mode) == 0o600
 
     image = Ext4Image(vhd)
     assert image.read("/opt/marker/hostile.txt").decode() == HOSTILE_LINE + "\n"
@@ -117,6 +131,16 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     assert again.reused_run == result.run_id
     assert again.outputs[0]["properties"]["path"] == str(vhd)
     assert "Starting VM" not in again.log_path.read_text()
+
+    # Reuse is by content: a VHD changed since (same size, other bytes) is built again.
+    with open(vhd, "r+b") as handle:
+        handle.seek(2 * MIB)
+        handle.write(b"tampered")
+    third = engine.build(load_document(text, "e2e"), "e2e", text, None)
+    assert third.reused_run is None and third.run_state == "Succeeded"
+    log = third.log_path.read_text()
+    assert f"{vhd} changed since (sha256" in log and "not up to date: building again" in log
+    assert Path(third.outputs[0]["properties"]["path"]) != vhd
 
 
 def test_deprovisioning_script_override(tmp_path, imported_home):
@@ -159,6 +183,8 @@ def test_failing_customizer_names_itself_and_abort_keeps_the_disk(tmp_path, impo
     assert qemu_pids(str(imported_home.runs_dir)) == []
     kept = Path(run["log_path"]).parent / "packer-output" / "disk.qcow2"
     assert f"disk is kept at {kept}" in result.stderr
+    key = Path(run["log_path"]).parent / "id_ed25519"  # kept with the disk, and said
+    assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600 and str(key) in result.stderr
     raw = tmp_path / "kept.raw"  # the kept disk holds the state the failure left
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(kept), str(raw)], check=True)
     assert Ext4Image(raw).read("/etc/fine.txt") == b"fine\n"
