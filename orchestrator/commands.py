@@ -192,9 +192,24 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
     downloads = {d.url: str(_render_download_path(config, position, d.url, d.sha256))
                  for position, d in enumerate(plan.downloads, 1)}
     public_key = "ssh-ed25519 AAAA-not-written render"
+    created = args.output and not work.exists()
     if args.output:
         make_private_dir(work)
         _, public_key = make_key_pair(work / KEY_NAME, f"orchestrator-render-{name}")
+    try:
+        return _render_into(args, plan, work, public_key, downloads, config)
+    except BaseException:
+        if args.output:  # nothing half written stays behind: the key, and the directory if it is ours
+            (work / KEY_NAME).unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _render_into(args: argparse.Namespace, plan, work: Path, public_key: str, downloads: dict[str, str],
+                 config: Config) -> int:
+    from orchestrator.pipeline.build import KEY_NAME, write_rendered
+
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
                         ssh_private_key=str(work / KEY_NAME), ssh_public_key=public_key,
                         accelerator=config.accelerator if config.accelerator != "auto" else "tcg",

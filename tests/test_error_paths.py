@@ -68,6 +68,7 @@ def test_render_into_a_directory_with_go_template_marks_is_a_usage_error(tmp_pat
     no_traceback(result)
     assert f"the directory {odd} contains '{{{{' or '}}}}'" in result.stderr
     assert "hint: use a directory whose path holds no '{{' or '}}'" in result.stderr
+    assert not odd.exists()  # nothing half written: no key pair left in a directory it created
 
 
 # --- validation settings the build does not implement -----------------------------------------

@@ -82,7 +82,8 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
         detail = "; ".join(result.errors[-2:]) or f"packer exited with {result.exit_code}"
         if result.last_phase.startswith(("customizer:", "validation:")):
             hint = f"see the [{result.last_phase}] lines in {log.path}"
-            if plan.on_customizer_error == "abort" and vm.disk.is_file():
+            if (plan.on_customizer_error == "abort" and result.last_phase.startswith("customizer:")
+                    and vm.disk.is_file()):
                 # AIB keeps the build VM on abort; here its disk stays, with the run's SSH key
                 vm.kept = True
                 log.write("orchestrator", f"errorHandling.onCustomizerError is abort: the build VM's disk "
