@@ -155,11 +155,12 @@ class Resources:
     # --- reference() ---
 
     def reference(self, fn: str, target: str, full: bool) -> Any:
-        where = {"function": "a user-defined function", "parameter": "a parameter's defaultValue"}.get(
-            self.ex.scope.where)
-        if where:
-            raise Failure("arm-function", f"{where} cannot use {fn}(), as in ARM",
-                          "pass the value in, as a parameter")
+        if self.ex.scope.where == "function":
+            raise Failure("arm-function", f"a user-defined function cannot use {fn}(), as in ARM",
+                          "pass what it needs from the resource as one of the function's parameters")
+        if self.ex.scope.where == "parameter":
+            raise Failure("arm-function", f"a parameter's defaultValue cannot use {fn}(), as in ARM",
+                          f"use {fn}() in a variable or in the resource, where the value is needed")
         found = self.find(target)
         if not found:
             raise Failure("arm-function", f"`{fn}` cannot read `{target}`: this template declares no such "

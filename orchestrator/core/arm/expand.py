@@ -27,7 +27,7 @@ from orchestrator.core.problems import Problem, child
 from orchestrator.core.reader import type_name
 from orchestrator.errors import TemplateInvalid
 
-MAX_STEPS = 1_000_000  # function calls in one deployment: a template is untrusted input
+MAX_STEPS = 200_000  # function calls in one deployment (real ones make a few thousand): untrusted input
 MAX_NESTING = 200  # parameters, variables, resources and functions being evaluated inside each other
 
 

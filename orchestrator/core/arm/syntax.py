@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+MAX_DEPTH = 100  # calls and indexes inside each other; real expressions nest a few levels
 SYNTAX_HINT = ("an expression is one call such as [concat('a', parameters('b'))]; "
                "strings use single quotes ('' for a quote); start with [[ for a literal [")
 
@@ -108,6 +109,7 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text[1:-1], text)
         self.pos = 0
+        self.depth = 0
 
     def parse(self) -> Node:
         if self.peek().kind == "end":
@@ -134,6 +136,14 @@ class _Parser:
 
     def expression(self) -> Node:
         token = self.peek()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise syntax_error(self.text, token.column, f"calls and indexes nest more than {MAX_DEPTH} levels deep")
+        node = self.operand(token)
+        self.depth -= 1
+        return node
+
+    def operand(self, token: Token) -> Node:
         if token.kind == "string":
             self.pos += 1
             node: Node = Literal(token.text[1:-1].replace("''", "'"))
