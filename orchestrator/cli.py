@@ -10,6 +10,7 @@ from typing import Sequence
 
 from orchestrator import __version__
 from orchestrator.config import load_config
+from orchestrator.core.problems import Problem
 from orchestrator.errors import ExitCode, OrchestratorError, TemplateInvalid, UsageError
 
 INTERNAL_ERROR = 70
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                        help="an ARM parameter value (repeatable; overrides --parameters)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--strict", action="store_true",
+                       help="warnings (what AIB would ignore or coerce) are errors")
         return p
 
     template_command("validate", "check a template and report every problem")
@@ -105,20 +108,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_error(exc: OrchestratorError, want_json: bool) -> None:
     problems = exc.problems if isinstance(exc, TemplateInvalid) else []
+    warnings = exc.warnings if isinstance(exc, TemplateInvalid) else []
     if want_json:
         print(json.dumps({"ok": False, "error": {
             "kind": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exitCode": int(exc.exit_code),
-            "problems": [p.as_dict() for p in problems]}}, indent=2))
+            "problems": [p.as_dict() for p in problems]}, "warnings": [w.as_dict() for w in warnings]}, indent=2))
         return
     print(f"error: {exc.message}", file=sys.stderr)
-    hinted: set[str] = set()
-    for problem in problems:
-        print(f"  {problem.path}: {problem.message} [{problem.rule}]", file=sys.stderr)
-        if problem.hint and problem.hint not in hinted:  # a hint once, where it first applies
-            hinted.add(problem.hint)
-            print(f"      hint: {problem.hint}", file=sys.stderr)
+    print_problems(problems, indent="  ")
     if exc.hint:
         print(f"  hint: {exc.hint}", file=sys.stderr)
+    print_problems(warnings)
+
+
+def print_problems(problems: Sequence[Problem], indent: str = "") -> None:
+    """Problems to stderr, each with its path and rule; a hint once, where it first applies.
+    Warnings and notes carry their severity in front, errors (under their heading) do not."""
+    hinted: set[str] = set()
+    for problem in problems:
+        label = "" if problem.is_error else f"{problem.severity}: "
+        print(f"{indent}{label}{problem.path}: {problem.message} [{problem.rule}]", file=sys.stderr)
+        if problem.hint and problem.hint not in hinted:
+            hinted.add(problem.hint)
+            print(f"{indent}    hint: {problem.hint}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

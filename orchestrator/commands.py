@@ -86,8 +86,13 @@ def load(args: argparse.Namespace, config: Config) -> tuple[m.ImageTemplate, str
         raise UsageError(f"{args.template} is an image template trigger, not an image template",
                          hint="`orchestrate validate` checks it; builds run from the template itself "
                               "(a rebuild happens when a newer source image is imported)")
-    template = load_document(text, args.template, load_parameters(args), config.arm_functions())
+    template = load_document(text, args.template, load_parameters(args), config.arm_functions(),
+                             strict=getattr(args, "strict", False))
     name = getattr(args, "name", None) or template.name or Path(args.template).stem
+    if template.warnings and not args.json:
+        from orchestrator.cli import print_problems
+
+        print_problems(template.warnings)
     return template, name, text
 
 
@@ -120,7 +125,7 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
                "source": template.source.kind, "customizers": len(template.customize),
                "targets": [t.run_output_name for t in template.distribute]}
     if args.json:
-        emit({**summary, "problems": []})
+        emit({**summary, "problems": [], "warnings": [w.as_dict() for w in template.warnings]})
     else:
         print(f"{args.template}: valid ({template.os_type}, {template.source.kind} source, "
               f"{len(template.customize)} customizer(s), {len(template.distribute)} target(s))")
@@ -156,9 +161,10 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     check_host_policy(config, template, args, name)
     plan = _plan_for_display(config, template, name)
     if args.json:
-        emit(_shown_plan(plan))
+        emit({**_shown_plan(plan), "osTypeReason": template.os_type_reason,
+              "warnings": [w.as_dict() for w in template.warnings]})
         return 0
-    print(f"template {name} ({plan.os_type})")
+    print(f"template {name} ({plan.os_type}, from {template.os_type_reason})")
     print(f"  source:   {plan.source.description}")
     disk = f"{plan.disk_size_mib} MiB" if plan.disk_size_mib else "the source's size"
     print(f"  build VM: {plan.vm_size} -> {plan.cpus} vCPU, {plan.memory_mib} MiB; disk {disk}; "
@@ -261,7 +267,8 @@ def cmd_build(args: argparse.Namespace, config: Config) -> int:
 
     result = engine.build(template, name, text, str(Path(args.template).resolve()), progress, force=args.force)
     if args.json:
-        emit({"ok": True, "runId": result.run_id, "runState": result.run_state, "reusedRun": result.reused_run,
+        emit({"ok": True, "warnings": [w.as_dict() for w in template.warnings],
+              "runId": result.run_id, "runState": result.run_state, "reusedRun": result.reused_run,
               "log": str(result.log_path), "runOutputs": result.outputs})
         return 0
     print(f"run {result.run_id}: {result.run_state} in {time.monotonic() - started:.0f} s"

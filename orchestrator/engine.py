@@ -86,6 +86,8 @@ class Engine:
         try:
             write_atomic(work / "template.json", template_text)
             write_atomic(work / "plan.json", json.dumps(_shown_plan(plan), indent=2))
+            for warning in template.warnings:  # what AIB would ignore or coerce, as validate said it
+                log.write("orchestrator", f"{warning.severity}: {warning.path}: {warning.message}")
             log.write("orchestrator", f"run {run_id}: {name}, source {plan.source.description}, "
                       f"{plan.cpus} vCPU / {plan.memory_mib} MiB ({plan.vm_size}), disk {plan.disk_size_mib} MiB, "
                       f"timeout {plan.timeout_minutes} min")

@@ -45,7 +45,9 @@ class TemplateInvalid(OrchestratorError):
     exit_code = ExitCode.INVALID_INPUT
 
     def __init__(self, problems: Sequence["Problem"], source: str = "template") -> None:
-        self.problems = list(problems)
+        # errors only; the warnings and notes found with them are kept apart, never hidden
+        self.problems = [p for p in problems if p.is_error]
+        self.warnings = [p for p in problems if not p.is_error]
         count = len(self.problems)
         super().__init__(
             f"{source} is invalid: {count} problem{'s' if count != 1 else ''}",

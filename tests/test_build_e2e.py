@@ -24,7 +24,8 @@ from tests.vhd_inspect import MIB, Ext4Image, footer
 pytestmark = pytest.mark.integration
 
 HOSTILE_LINE = "literal: ${HOME} %{x} {{ .Path }} {{user `v`}} \"dq\" 'sq' \\b"
-SCRIPT = b"#!/bin/sh\nset -e\necho from-script-uri | sudo tee /etc/orchestrator-script.txt\n"
+# A scriptUri script runs as root, as AIB runs it: no sudo (Microsoft's quickstart writes /etc/motd so).
+SCRIPT = b"#!/bin/sh\nset -e\necho from-script-uri > /etc/orchestrator-script.txt\nid -un >> /etc/orchestrator-script.txt\n"
 
 
 def _listening_addresses(pid: int) -> set[str]:
@@ -59,6 +60,7 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     data = linux_template(vmProfile={"vmSize": "Standard_B2s", "osDiskSizeGB": 4}, customize=[
         {"type": "Shell", "name": "inlineStep", "inline": [
             "sudo mkdir -p /opt/marker",
+            "id -un | sudo tee /opt/marker/inline-user",  # inline commands run as the build user
             f"printf '%s\\n' {_sh_quote(HOSTILE_LINE)} | sudo tee /opt/marker/hostile.txt",
         ]},
         {"type": "Shell", "name": "scriptStep", "scriptUri": f"{url}/setup.sh",
@@ -110,7 +112,8 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
 
     image = Ext4Image(vhd)
     assert image.read("/opt/marker/hostile.txt").decode() == HOSTILE_LINE + "\n"
-    assert image.read("/etc/orchestrator-script.txt") == b"from-script-uri\n"
+    assert image.read("/etc/orchestrator-script.txt") == b"from-script-uri\nroot\n"
+    assert image.read("/opt/marker/inline-user") == b"packer\n"
     assert image.read("/opt/marker/page.html") == b"<p>hello from the File customizer</p>\n"
     # generalized and clean
     assert b"packer:" not in image.read("/etc/passwd")

@@ -52,7 +52,9 @@ def test_validate_json_lists_problems(tmp_path, home):
     assert payload["ok"] is False
     assert payload["error"]["problems"] == [{
         "path": "$.properties.buildTimeoutInMinutes", "rule": "timeout-range",
-        "message": "-5 is out of range: 0 to 960 minutes", "hint": "0 or absent means the default, 240 minutes"}]
+        "message": "-5 is out of range: 0 to 960 minutes", "hint": "0 or absent means the default, 240 minutes",
+        "severity": "error"}]
+    assert payload["warnings"] == []
 
 
 @pytest.mark.parametrize("content, needle", [

@@ -63,9 +63,18 @@ def test_timeout_out_of_range(value):
 
 
 def test_timeout_wrong_type_names_the_type():
-    found = problems_of(linux_template(buildTimeoutInMinutes="80"))
+    found = problems_of(linux_template(buildTimeoutInMinutes="eighty"))
     assert [(p.path, p.rule) for p in found] == [("$.properties.buildTimeoutInMinutes", "type")]
     assert "must be an integer, not a string" in found[0].message
+
+
+def test_a_number_written_as_a_string_is_read_with_a_warning_as_aib_does():
+    template = load_template(linux_template(buildTimeoutInMinutes="80"))
+    assert template.build_timeout_minutes == 80
+    [warning] = template.warnings
+    assert (warning.path, warning.rule, warning.severity) == ("$.properties.buildTimeoutInMinutes", "type-coerced",
+                                                              "warning")
+    assert warning.hint == "write 80 without quotes"
 
 
 def test_field_names_match_case_insensitively_like_arm():
@@ -306,8 +315,10 @@ def test_api_version_format_age_and_presence():
     assert only(api(linux_template(), "2018-01-01")) == [
         ("$.apiVersion", "api-version", "`2018-01-01` is older than any imageTemplates API")]
     data = linux_template()
-    del data["apiVersion"]
-    assert only(data) == [("$", "required", "`apiVersion` is required")]
+    del data["apiVersion"]  # a request body, as `az image builder create` sends it: the newest API
+    template = load_template(data)
+    assert template.api_version == "2025-10-01"
+    assert [(w.path, w.rule, w.severity) for w in template.warnings] == [("$", "api-version-default", "note")]
 
 
 def test_tags_are_string_maps():
@@ -360,8 +371,10 @@ def test_identity_is_accepted_but_not_required():
 # --- vmProfile ----------------------------------------------------------------------------------
 
 def test_os_disk_size_is_an_integer():
-    data = linux_template(vmProfile={"osDiskSizeGB": "100"})
+    data = linux_template(vmProfile={"osDiskSizeGB": "a hundred"})
     assert only(data) == [("$.properties.vmProfile.osDiskSizeGB", "type", "must be an integer, not a string")]
+    data = linux_template(vmProfile={"osDiskSizeGB": "100"})  # coerced, as AIB does
+    assert load_template(data).vm_profile.os_disk_size_gb == 100
 
 
 def test_vnet_config_spelling_follows_the_api_version():
@@ -470,13 +483,21 @@ def test_inline_is_a_nonempty_list_of_commands():
 
 
 def test_powershell_run_elevated_is_boolean():
-    data = windows_template(customize=[{"type": "PowerShell", "name": "p", "inline": ["x"], "runElevated": "true"}])
+    data = windows_template(customize=[{"type": "PowerShell", "name": "p", "inline": ["x"], "runElevated": "yes"}])
     assert only(data) == [("$.properties.customize[0].runElevated", "type", "must be true or false, not a string")]
+    data["properties"]["customize"][0]["runElevated"] = "False"  # coerced, as AIB does
+    template = load_template(data)
+    assert template.customize[0].run_elevated is False
+    assert [(w.rule, w.hint) for w in template.warnings] == [("type-coerced", "write false without quotes")]
 
 
 def test_valid_exit_codes_are_integers():
-    data = windows_template(customize=[{"type": "PowerShell", "name": "p", "inline": ["x"], "validExitCodes": ["0"]}])
+    data = windows_template(customize=[{"type": "PowerShell", "name": "p", "inline": ["x"], "validExitCodes": ["ok"]}])
     assert only(data) == [("$.properties.customize[0].validExitCodes", "type", "must be a list of integers")]
+    data["properties"]["customize"][0]["validExitCodes"] = [0, "3010"]  # coerced, as AIB does
+    template = load_template(data)
+    assert template.customize[0].valid_exit_codes == (0, 3010)
+    assert [w.rule for w in template.warnings] == ["type-coerced"]
     data["properties"]["customize"][0]["validExitCodes"] = [0, 3010]
     assert load_template(data).customize[0].valid_exit_codes == (0, 3010)
 

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from orchestrator.core import model as m
+from orchestrator.core.jsonc import UnclosedComment, strip_comments
 from orchestrator.core.problems import Problem
 from orchestrator.core.reader import ObjectReader
 from orchestrator.core.template import find_placeholders, load_template
@@ -49,9 +50,16 @@ def nesting_depth(text: str) -> int:
 
 
 def parse_json(text: str, source: str) -> Any:
+    """JSON as ARM reads it: a UTF-8 byte order mark and // and /* */ comments are accepted,
+    within the input limits (nesting depth, number digits, no NaN)."""
     def invalid(message: str, hint: str) -> TemplateInvalid:
         return TemplateInvalid([Problem("$", "json", message, hint)], source)
 
+    try:
+        text = strip_comments(text.removeprefix("\ufeff"))  # the BOM Windows editors write
+    except UnclosedComment as exc:
+        raise invalid(f"not valid JSON at line {exc.line}, column {exc.column}: this /* comment is never "
+                      "closed", "end it with */") from None
     depth = nesting_depth(text)
     if depth > MAX_DEPTH:
         raise invalid(f"objects and arrays nest {depth} levels deep; at most {MAX_DEPTH} are accepted",
@@ -66,7 +74,9 @@ def parse_json(text: str, source: str) -> Any:
 
 
 def load_document(text: str, source: str, parameters: dict[str, Any] | None = None,
-                  context: dict[str, Any] | None = None) -> m.ImageTemplate:
+                  context: dict[str, Any] | None = None, *, strict: bool = False) -> m.ImageTemplate:
+    """The image template of `text` (plain, or the one an ARM deployment deploys); `strict`
+    turns what AIB would ignore or coerce (warnings) into errors."""
     data = parse_json(text, source)
     if isinstance(data, dict) and _is_arm_deployment(data):
         from orchestrator.core.arm import expand_deployment
@@ -76,7 +86,7 @@ def load_document(text: str, source: str, parameters: dict[str, Any] | None = No
         raise TemplateInvalid([Problem("$", "parameters", "parameters were given, but this is a plain image "
                                        "template, not an ARM deployment template",
                                        "drop the parameters, or wrap the template in an ARM deployment")], source)
-    return load_template(data, source)
+    return load_template(data, source, strict_mode=strict)
 
 
 TRIGGER_TYPE = "microsoft.virtualmachineimages/imagetemplates/triggers"

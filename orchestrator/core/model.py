@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Union
+from orchestrator.core.problems import Problem
 
 DEFAULT_TIMEOUT_MINUTES = 240
 MAX_TIMEOUT_MINUTES = 960
@@ -207,6 +208,8 @@ class ImageTemplate:
     error_handling: ErrorHandling = field(default_factory=ErrorHandling)
     staging_resource_group: str | None = None
     os_type: str = "Linux"  # "Linux" or "Windows", inferred from source and customizers
+    os_type_reason: str = ""  # what the OS was inferred from, as `plan` says it
+    warnings: tuple[Problem, ...] = ()  # what AIB would ignore or coerce, and notes; never errors
 
 
 @dataclass(frozen=True)

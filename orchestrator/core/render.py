@@ -25,6 +25,7 @@ TEMPLATES_PACKAGE = "orchestrator.packer_templates"
 BUILD_USER = "packer"
 UPLOAD_PREFIX = "/tmp/.orchestrator-upload-"
 FINALIZE_SCRIPT = "/run/orchestrator-finalize.sh"
+AS_ROOT = "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }}"  # Packer's shell execute_command, with sudo
 # A File destination made only of these goes straight into the file provisioner; any other
 # goes through an upload to a fixed name and a move script (one SSH round trip more).
 _PLAIN_PATH = re.compile(r"^/tmp/[A-Za-z0-9._+/-]+$")
@@ -123,14 +124,16 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         source = f"customizer:{step.name}" if step.phase == "customize" else f"validation:{step.name}"
         slug = f"{step.index:02d}-{_safe_slug(step.name)}"
         if step.kind == "Shell":
-            if step.inline is not None:
+            attrs: tuple[tuple[str, object], ...] = ()
+            if step.inline is not None:  # as the build user: AIB's documents say to prefix with sudo
                 rel = f"steps/{slug}.sh"
                 files[rel] = inline_script(step.inline)
                 script = _host_path(str(work / rel))
-            else:
+            else:  # a scriptUri script runs as root, as AIB runs it (its quickstart writes /etc/motd)
                 script = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
+                attrs = (("execute_command", AS_ROOT),)
             blocks.append(ProvisionerBlock(source, "shell", (
-                ("script", script), ("expect_disconnect", True),
+                ("script", script), ("expect_disconnect", True), *attrs,
             ), (script,)))
         elif step.kind == "File":
             local = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
@@ -168,7 +171,7 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
     script = _host_path(str(work / rel))
     blocks.append(ProvisionerBlock("generalize", "shell", (
         ("script", script),
-        ("execute_command", "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }}"),
+        ("execute_command", AS_ROOT),
         ("skip_clean", True),
     ), (script,)))
     files["seed/meta-data"] = cloud_init_meta_data(plan.name)
