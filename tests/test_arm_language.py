@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from orchestrator.core.arm import expand_deployment
+from orchestrator.core.document import load_document, parse_json
+from orchestrator.errors import TemplateInvalid
+from tests.helpers import dumps, linux_template
 from tests.test_arm_functions import CONTEXT, IMAGE_TEMPLATE, RG_ID, outputs, problems, template, value
 from tests.test_layers import forbidden_imports
 
@@ -264,6 +267,30 @@ def test_existing_resources_are_not_deployed_and_have_no_properties_here() -> No
     assert expand(existing_image, {"imageTemplateName": "web"})["name"] == "web"
 
 
+# --- JSON with comments and a byte order mark ------------------------------------------------
+
+def test_comments_and_a_bom_are_accepted_in_plain_and_arm_templates() -> None:
+    text = dumps(linux_template()).replace('"properties": {', '"properties": { // the AIB part\n /* [[[ not JSON ]]] */')
+    template = load_document("\ufeff// built on-prem\n" + text, "t.json")
+    assert template.customize[0].inline == ("echo hello",)
+    arm = "/* header */\n" + dumps(deployment(image(name="[concat('a', '//b')]"), parameters={}))
+    assert expand(parse_json(arm, "t.json"))["name"] == "a//b"
+
+
+def test_comments_keep_line_numbers_and_limits() -> None:
+    with pytest.raises(TemplateInvalid) as caught:
+        parse_json('{\n  /* one\n  two */ "a": 1,,\n}', "t.json")
+    assert "line 3" in caught.value.problems[0].message
+    with pytest.raises(TemplateInvalid) as caught:
+        parse_json('{"a": 1 /* open', "t.json")
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.rule) == ("$", "json") and "line 1, column 9" in problem.message
+    assert parse_json('{"url": "https://x/*y*/", "c": "//"} // end', "t") == {"url": "https://x/*y*/", "c": "//"}
+    assert parse_json("/*" + "[" * 100 + "*/ [1]", "t") == [1]  # brackets in comments do not nest
+    with pytest.raises(TemplateInvalid):
+        parse_json("// x\n" + "[" * 65 + "]" * 65, "t")
+
+
 # --- limits and layering ---------------------------------------------------------------------
 
 def test_runaway_evaluation_is_a_problem_not_a_hang() -> None:
@@ -297,7 +324,6 @@ def test_the_arm_package_does_no_io_and_its_modules_form_no_cycle() -> None:
 
 
 def problems_of(data: dict, given: dict | None = None) -> list:
-    from orchestrator.errors import TemplateInvalid
     with pytest.raises(TemplateInvalid) as caught:
         expand(data, given)
     return caught.value.problems
