@@ -178,6 +178,8 @@ def test_filled_sample_validates_and_plans(sample: Path, tmp_path: Path, capsys)
     customize = props.get("customize", [])
     checks = props.get("validate", {}).get("inVMValidations", [])
     assert (summary["ok"], summary["problems"]) == (True, [])
+    # the public and project samples are what AIB builds as written: nothing it would ignore or coerce
+    assert [w for w in summary["warnings"] if w["severity"] != "note"] == []
     assert summary["osType"] == ("Windows" if is_windows(sample) else "Linux")
     assert summary["source"] == props["source"]["type"]
     assert summary["customizers"] == len(customize)
@@ -230,9 +232,9 @@ def test_trigger_kind_is_checked_and_not_buildable(tmp_path, capsys):
     bad = tmp_path / "trigger.json"
     bad.write_text('{"location": "local", "properties": {"kind": "Nightly", "when": 1}}')
     assert main(["validate", "--json", str(bad)]) == 2
-    problems = json.loads(capsys.readouterr().out)["error"]["problems"]
-    assert {(p["path"], p["rule"]) for p in problems} == {("$.properties.kind", "trigger-kind"),
-                                                          ("$.properties.when", "unknown-field")}
+    payload = json.loads(capsys.readouterr().out)
+    assert {(p["path"], p["rule"]) for p in payload["error"]["problems"]} == {("$.properties.kind", "trigger-kind")}
+    assert {(w["path"], w["rule"]) for w in payload["warnings"]} == {("$.properties.when", "unknown-field")}
     good = tmp_path / "good.json"
     good.write_text('{"location": "local", "properties": {"kind": "SourceImage"}}')
     assert main(["build", str(good)]) == 2
