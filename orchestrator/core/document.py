@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.core import model as m
 from orchestrator.core.jsonc import UnclosedComment, strip_comments
-from orchestrator.core.problems import Problem
+from orchestrator.core.problems import Problem, errors_of
 from orchestrator.core.reader import ObjectReader
 from orchestrator.core.template import find_placeholders, load_template
 from orchestrator.errors import TemplateInvalid
@@ -123,7 +123,7 @@ def load_trigger(text: str, source: str) -> m.Trigger:
         props.ignore("status", "provisioningState", "provisioningError")
         props.finish()
     problems.extend(find_placeholders(data, "$"))
-    if problems or trigger_kind is None:
+    if errors_of(problems) or trigger_kind is None:
         raise TemplateInvalid(problems, source)
     return m.Trigger(kind="SourceImage", location=location)
 
