@@ -14,7 +14,7 @@ from orchestrator.core.arm import expand_deployment
 from orchestrator.core.document import load_document, parse_json
 from orchestrator.errors import TemplateInvalid
 from tests.helpers import dumps, linux_template
-from tests.test_arm_functions import CONTEXT, IMAGE_TEMPLATE, RG_ID, outputs, problems, template, value
+from tests.test_arm_functions import CONTEXT, IMAGE_TEMPLATE, RG_ID, outputs, problems, template
 from tests.test_layers import forbidden_imports
 
 ARM = Path(__file__).resolve().parents[1] / "orchestrator" / "core" / "arm"

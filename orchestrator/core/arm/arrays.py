@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.arm.registry import Runtime, arg, function
+from orchestrator.core.arm.registry import Runtime, arg, elements, function
 from orchestrator.core.arm.syntax import Failure
 from orchestrator.core.arm.values import MISSING, lookup_key, same, to_string, type_name
 
@@ -114,13 +114,7 @@ def _range(ex: Runtime, fn: str, args: list[Any]) -> list[int]:
 
 @function("flatten", 1)
 def _flatten(ex: Runtime, fn: str, args: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for index, element in enumerate(arg(fn, args, 0, list)):
-        if not isinstance(element, list):
-            raise Failure("arm-argument", f"{fn}(): element {index} is {type_name(element)}; "
-                          "flatten takes an array of arrays")
-        out.extend(element)
-    return out
+    return [item for array in elements(fn, args, 0, list) for item in array]
 
 
 def _same_kind(fn: str, args: list[Any]) -> type:

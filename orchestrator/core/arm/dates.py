@@ -6,7 +6,7 @@ only allowed in a parameter's defaultValue: a template that uses it is different
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.core.arm import dotnet
@@ -26,7 +26,7 @@ def _utc_now(ex: Runtime, fn: str, args: list[Any]) -> str:
         raise Failure("arm-function", "utcNow() is only allowed in a parameter's defaultValue, as in ARM",
                       "declare a parameter with \"defaultValue\": \"[utcNow()]\" and use parameters() here")
     spec = arg(fn, args, 0, str) if args else UTC_NOW_FORMAT
-    return dotnet.format_datetime(fn, ex.now().astimezone(timezone.utc), spec)
+    return dotnet.format_datetime(fn, ex.now().astimezone(UTC), spec)
 
 
 @function("dateTimeAdd", 2, 3)
@@ -41,7 +41,7 @@ def _date_time_add(ex: Runtime, fn: str, args: list[Any]) -> str:
 def _date_time_from_epoch(ex: Runtime, fn: str, args: list[Any]) -> str:
     seconds = arg(fn, args, 0, int)
     try:
-        when = datetime.fromtimestamp(seconds, timezone.utc)
+        when = datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         raise Failure("arm-argument", f"{fn}(): {seconds} seconds is outside the years 1 to 9999") from None
     return dotnet.format_datetime(fn, when, ISO_FORMAT)
@@ -50,4 +50,4 @@ def _date_time_from_epoch(ex: Runtime, fn: str, args: list[Any]) -> str:
 @function("dateTimeToEpoch", 1)
 def _date_time_to_epoch(ex: Runtime, fn: str, args: list[Any]) -> int:
     when = dotnet.parse_datetime(fn, arg(fn, args, 0, str))
-    return int((when - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds())
+    return int((when - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.core.arm.syntax import Failure
 from orchestrator.core.arm.values import is_int, is_number, to_string
@@ -59,7 +60,7 @@ def composite(fn: str, text: str, values: list[Any]) -> str:
 _STANDARD_RE = re.compile(r"([CcDdEeFfGgNnPpRrXx])(\d{0,2})")
 
 
-def number(fn: str, value: int | float, spec: str) -> str:
+def number(fn: str, value: float, spec: str) -> str:
     """value.ToString(spec) for an integer or a double, en-US."""
     match = _STANDARD_RE.fullmatch(spec)
     if match is None:
@@ -92,23 +93,23 @@ def number(fn: str, value: int | float, spec: str) -> str:
     return _general(value, precision)  # G and R
 
 
-def _rounded(value: int | float, digits: int) -> Decimal:
+def _rounded(value: float, digits: int) -> Decimal:
     """value with `digits` decimals, halves away from zero as .NET rounds (Python rounds them to even)."""
     return Decimal(repr(value) if isinstance(value, float) else value).quantize(Decimal(1).scaleb(-digits),
                                                                                rounding=ROUND_HALF_UP)
 
 
-def _general(value: int | float, precision: int | None) -> str:
+def _general(value: float, precision: int | None) -> str:
     if is_int(value) and precision is None:
         return str(value)
     text = f"{value:.{precision or 15}G}" if precision or not isinstance(value, float) else repr(value)
     if "E" in text:
         mantissa, exponent = text.split("E")
         text = f"{mantissa}E{exponent[0]}{int(exponent[1:]):02d}"
-    return text[:-2] if text.endswith(".0") else text
+    return text.removesuffix(".0")
 
 
-def _custom_number(fn: str, value: int | float, spec: str) -> str:
+def _custom_number(fn: str, value: float, spec: str) -> str:
     """0 and # digit places, `.`, `,` grouping, % (times 100) and literal text around them."""
     if ";" in spec or re.search(r"[eE][+-]?0", spec):
         raise Failure("arm-argument", f"{fn}(): format `{spec}` is not supported",
@@ -189,7 +190,7 @@ def format_datetime(fn: str, when: datetime, spec: str) -> str:
             raise Failure("arm-argument", f"{fn}(): `{spec}` is not a date and time format",
                           f"standard formats: {' '.join(_STANDARD_DATES)}; or a pattern such as yyyy-MM-dd")
         if spec == "U":
-            when = when.astimezone(timezone.utc)
+            when = when.astimezone(UTC)
         spec = _STANDARD_DATES[spec]
     out = []
     for token in _DATE_TOKEN_RE.findall(spec):
@@ -212,7 +213,7 @@ def parse_datetime(fn: str, text: str) -> datetime:
     except ValueError:
         raise Failure("arm-argument", f"{fn}(): `{text}` is not an ISO 8601 date and time",
                       "e.g. 2024-05-02T15:16:13Z") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 _DURATION_RE = re.compile(r"(-)?P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?"

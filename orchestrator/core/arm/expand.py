@@ -10,14 +10,15 @@ ARM does; other resources only as far as reference() needs them.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
-from orchestrator.core.arm import (arrays, dates, deployment, lambdas, logic, numeric,  # noqa: F401 (register)
-                                   objects, resources, scope, strings)
-from orchestrator.core.arm import loops, params
+# the families register their functions when imported
+from orchestrator.core.arm import (arrays, dates, deployment, lambdas, logic, loops, numeric,  # noqa: F401
+                                   objects, params, resources, scope, strings)
 from orchestrator.core.arm.deployed import Resources
 from orchestrator.core.arm.registry import FUNCTIONS, Lambda, Scope, supported
 from orchestrator.core.arm.syntax import Access, Failure, Literal, Node, Reported, is_expression, parse
@@ -63,8 +64,8 @@ class Expander:
         self.failures += 1
 
     @contextmanager
-    def scoped(self, scope: Scope) -> Iterator[None]:
-        outer, self.scope = self.scope, scope
+    def scoped(self, inner: Scope) -> Iterator[None]:
+        outer, self.scope = self.scope, inner
         try:
             yield
         finally:
@@ -224,7 +225,7 @@ class Expander:
         if self.clock is None:
             given = self.context.get("utcNow")
             self.clock = (datetime.fromisoformat(given) if isinstance(given, str) else
-                          given if isinstance(given, datetime) else datetime.now(timezone.utc))
+                          given if isinstance(given, datetime) else datetime.now(UTC))
         return self.clock
 
     def new_guid(self) -> str:

@@ -45,12 +45,14 @@ def _less_or_equals(ex: Runtime, fn: str, args: list[Any]) -> bool:
 
 @function("and", 2, None)
 def _and(ex: Runtime, fn: str, args: list[Any]) -> bool:
-    return all([arg(fn, args, i, bool) for i in range(len(args))])
+    values = [arg(fn, args, i, bool) for i in range(len(args))]  # every one checked, as ARM does
+    return all(values)
 
 
 @function("or", 2, None)
 def _or(ex: Runtime, fn: str, args: list[Any]) -> bool:
-    return any([arg(fn, args, i, bool) for i in range(len(args))])
+    values = [arg(fn, args, i, bool) for i in range(len(args))]
+    return any(values)
 
 
 @function("not", 1)

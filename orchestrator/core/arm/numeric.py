@@ -5,6 +5,7 @@ mod(-7, 2) is -1), unlike Python's // and %.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -71,7 +72,7 @@ def _float(ex: Runtime, fn: str, args: list[Any]) -> float:
         result = float(value)
     except ValueError:
         raise Failure("arm-argument", f"{fn}(): `{value}` is not a number") from None
-    if result != result or result in (float("inf"), float("-inf")):
+    if not math.isfinite(result):
         raise Failure("arm-argument", f"{fn}(): `{value}` is not a finite number")
     return result
 

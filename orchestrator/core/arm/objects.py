@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.arm.registry import Runtime, arg, function
+from orchestrator.core.arm.registry import Runtime, arg, elements, function
 from orchestrator.core.arm.syntax import Failure
 from orchestrator.core.arm.values import MISSING, is_int, lookup_key, parse_json_text, type_name
 
@@ -41,10 +41,7 @@ def _object_keys(ex: Runtime, fn: str, args: list[Any]) -> list[str]:
 @function("shallowMerge", 1)
 def _shallow_merge(ex: Runtime, fn: str, args: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for index, item in enumerate(arg(fn, args, 0, list)):
-        if not isinstance(item, dict):
-            raise Failure("arm-argument", f"{fn}(): element {index} is {type_name(item)}; "
-                          "shallowMerge takes an array of objects")
+    for item in elements(fn, args, 0, dict):
         out.update(item)
     return out
 

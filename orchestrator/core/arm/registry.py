@@ -7,10 +7,11 @@ a `lazy` one gets the argument nodes instead and evaluates what it needs (if, la
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from orchestrator.core.arm.syntax import Failure, Node
 from orchestrator.core.arm.values import type_name
@@ -96,6 +97,16 @@ def arg(fn: str, args: list[Any], index: int, kind: type | tuple[type, ...]) -> 
         shown = "a lambda" if isinstance(value, Lambda) else type_name(value)
         raise Failure("arm-argument", f"{fn}(): argument {index + 1} must be {wanted}, not {shown}")
     return value
+
+
+def elements(fn: str, args: list[Any], index: int, kind: type) -> list[Any]:
+    """args[index] as an array whose every element is of `kind` (flatten's arrays, shallowMerge's objects)."""
+    items = arg(fn, args, index, list)
+    for position, item in enumerate(items):
+        if not isinstance(item, kind) or (isinstance(item, bool) and kind is not bool):
+            raise Failure("arm-argument", f"{fn}(): element {position} is {type_name(item)}; {fn} takes an "
+                          f"array of {kind_name(kind).split(' ', 1)[1]}s")
+    return items
 
 
 def supported() -> str:

@@ -83,8 +83,8 @@ def _structure(data: dict, value: Any, spec: dict, noun: str, name: str, secure:
             if key.lower() in known:
                 continue
             if extra is False:
-                issues.append(("parameter-type", f"{noun} `{name}` has the property `{key}`, which its type "
-                               "does not declare", f"declared: {', '.join(properties) or 'none'}"))
+                issues.append(("parameter-type", (f"{noun} `{name}` has the property `{key}`, which its type "
+                                                  "does not declare"), f"declared: {', '.join(properties) or 'none'}"))
             elif isinstance(extra, dict):
                 issues += _member(data, item, extra, noun, f"{name}.{key}", secure)
     items = lookup_key(spec, "items")
@@ -108,6 +108,6 @@ def _member(data: dict, value: Any, declaration: Any, noun: str, name: str, secu
     if value is None and lookup_key(spec, "nullable") is True:
         return []
     if kind is not None and not is_kind(value, kind):
-        return [("parameter-type", f"{noun} `{name}` must be {KIND_NAMES[kind]} ({type_text}), "
-                 f"not {type_name(value)}", None)]
+        return [("parameter-type", f"{noun} `{name}` must be {KIND_NAMES[kind]} ({type_text}), not {type_name(value)}",
+                 None)]
     return check(data, value, spec, noun, name, secure or (type_text or "").lower().startswith("secure"))

@@ -87,12 +87,12 @@ class Functions:
         values = {pname: self.argument(function, i, pname, spec, value)
                   for i, ((pname, spec), value) in enumerate(zip(function.parameters, args))}
         value_path = child(child(function.path, "output"), "value")
-        with self.ex.nested("functions", function.name.lower(), function.name):
-            with self.ex.scoped(Scope(where="function", arguments=values)):
-                before = self.ex.failures
-                result = self.ex.value(lookup_key(function.output, "value"), value_path)
-                if self.ex.failures > before:
-                    raise Reported()
+        with (self.ex.nested("functions", function.name.lower(), function.name),
+              self.ex.scoped(Scope(where="function", arguments=values))):
+            before = self.ex.failures
+            result = self.ex.value(lookup_key(function.output, "value"), value_path)
+            if self.ex.failures > before:
+                raise Reported()
         spec, _ = typecheck.resolve(self.ex.data, function.output)
         type_text, kind = typecheck.kind_of(spec)
         if kind is not None and not typecheck.is_kind(result, kind):

@@ -123,5 +123,5 @@ def describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["MISSING", "lookup_key", "section", "is_int", "is_number", "to_string", "same", "order",
-           "int64", "describe", "parse_json_text", "type_name"]
+__all__ = ["MISSING", "describe", "int64", "is_int", "is_number", "lookup_key", "order", "parse_json_text",
+           "same", "section", "to_string", "type_name"]
