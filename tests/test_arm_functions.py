@@ -304,6 +304,10 @@ def test_numeric_functions() -> None:
                    "netDiv": -3, "netMod": -1}
 
 
+def test_string_of_a_float_is_dotnets() -> None:
+    assert value("[concat(string(float('3.0')), '|', string(json('2.5')), '|', string(json('1e20')))]") == "3|2.5|1E+20"
+
+
 def test_arithmetic_problems() -> None:
     found = problems({"a": "[div(1, 0)]", "b": "[mul(9223372036854775807, 2)]", "c": "[add('1', 2)]"})
     assert [(p.path, p.rule) for p in found] == [("$.resources[0].properties.a", "arm-argument"),

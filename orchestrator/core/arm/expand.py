@@ -226,6 +226,8 @@ class Expander:
             given = self.context.get("utcNow")
             self.clock = (datetime.fromisoformat(given) if isinstance(given, str) else
                           given if isinstance(given, datetime) else datetime.now(UTC))
+            if self.clock.tzinfo is None:  # a given time without an offset is UTC, as ARM's clock
+                self.clock = self.clock.replace(tzinfo=UTC)
         return self.clock
 
     def new_guid(self) -> str:

@@ -51,6 +51,8 @@ def to_string(value: Any) -> str:
         return ""
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(value, float):  # .NET's shortest round trip: 3, 2.5, 1E+20
+        return repr(value).removesuffix(".0").replace("e", "E")
     return str(value)
 
 
