@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run_id")
     logs = sub.add_parser("logs", help="print a run's customization.log")
     logs.add_argument("run_id")
+    from orchestrator import store_commands  # the image store's verbs live in their own module
+
+    store_commands.add_parsers(sub)
     return parser
 
 
@@ -137,7 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from orchestrator import commands
 
     config = load_config(args.home, args.config)
-    handler = getattr(commands, f"cmd_{args.command}")
+    handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
     return handler(args, config)
 
 

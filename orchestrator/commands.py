@@ -135,17 +135,15 @@ def cmd_validate(args: argparse.Namespace, config: Config) -> int:
 def _plan_for_display(config: Config, template: m.ImageTemplate, name: str):
     """A plan whose source is resolved if it can be; otherwise marked as not imported.
     Reads the catalog if the data home has one; creates nothing."""
-    from orchestrator.effects.catalog import Catalog
     from orchestrator.effects.state import StateStore
+    from orchestrator.pipeline.sources import resolve
 
     source = template.source
     store = StateStore.existing(config.db_path)
     try:
-        if not isinstance(source, m.PlatformImageSource):
-            raise SourceNotFound(f"{source.kind} sources are not resolved locally yet")
         if store is None:
-            raise SourceNotFound(f"no image is imported yet (no catalog in {config.home})")
-        resolved = Catalog(store, config.images_dir).resolve(source)
+            raise SourceNotFound(f"no image is imported or published yet (no state database in {config.home})")
+        resolved = resolve(source, config, store, template.location)
     except SourceNotFound as exc:
         resolved = ResolvedSource(description=f"{source.kind} (unresolved: {exc.message})",
                                   path=str(config.images_dir / "unresolved.qcow2"), format="qcow2",

@@ -7,6 +7,7 @@ read on a template's behalf. tomllib (Python's own) reads it; a bad file gets it
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ DEFAULT_SCRIPT_MAX_MIB = 64
 DEFAULT_STALL_SECONDS = 60.0
 DEFAULT_DOWNLOAD_SECONDS = 1800.0
 PRIVATE_DIR = 0o700
+DEFAULT_LIBVIRT_URI = "qemu:///system"
+DEFAULT_POOL = "orchestrator"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,30 @@ class Config:
     download_stall_seconds: float = DEFAULT_STALL_SECONDS  # no byte for this long: fail
     download_seconds: float = DEFAULT_DOWNLOAD_SECONDS  # all downloads of a build, at most
     vnc: bool = False  # the build VM's VNC console (127.0.0.1, per-run password) when asked for
+    # The image store: libvirt storage pools holding managed images and gallery versions.
+    libvirt_uri: str = DEFAULT_LIBVIRT_URI
+    # The pool of a region that [pools.regions] does not name; None (a [pools] section without
+    # `default`): such a region is refused.
+    pool_default: str | None = DEFAULT_POOL
+    pool_regions: tuple[tuple[str, str], ...] = ()  # (region, lowercased; pool)
+    pools_dir: Path | None = None  # where missing pools are created (DIR/POOL); default: data home's pools/
+    # URL prefix -> a local directory (absolute path) or a local http(s) URL serving the same tree
+    mirrors: tuple[tuple[str, str], ...] = ()
+
+    def pool_for(self, region: str) -> str | None:
+        """The storage pool of an Azure region (location) name, or None when there is none."""
+        wanted = (region or "").strip().lower()
+        for name, pool in self.pool_regions:
+            if name == wanted:
+                return pool
+        return self.pool_default
+
+    @property
+    def pool_directory(self) -> Path:
+        return self.pools_dir or self.home / "pools"
+
+    def setting_source(self) -> str:
+        return str(self.config_file or self.home / "config.toml")
 
     def arm_functions(self) -> dict[str, dict[str, str]]:
         context: dict[str, dict[str, str]] = {}
@@ -128,7 +155,36 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
                   "stall_timeout_seconds": ("download_stall_seconds", "seconds"),
                   "total_timeout_seconds": ("download_seconds", "seconds")},
     "build_vm": {"vnc": ("vnc", "bool")},
+    "libvirt": {"uri": ("libvirt_uri", "uri")},
+    "pools": {"default": ("pool_default", "pool"), "dir": ("pools_dir", "dir"),
+              "regions": ("pool_regions", "regions")},
+    "mirrors": {},  # any URL prefix: read by _mirrors
 }
+
+
+_LIBVIRT_URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://[^\s]*$")
+_POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _mirrors(file: Path, values: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """[mirrors] "https://raw.githubusercontent.com/org/" = "/srv/mirror/github" (a directory
+    holding the same tree) or = "http://127.0.0.1:8080/github/" (a local server)."""
+    found = []
+    for prefix, target in values.items():
+        if not re.match(r"^(https?|file)://[^\s]+$", prefix):
+            raise UsageError(f"{file}: mirrors key {prefix!r} is not an http(s) URL prefix",
+                             hint='e.g. "https://raw.githubusercontent.com/" = "/srv/mirror/github"')
+        if not isinstance(target, str) or not target:
+            raise UsageError(f"{file}: mirrors.{prefix!r} = {target!r} is not a directory or http URL")
+        if target.lower().startswith(("http://", "https://")):
+            found.append((prefix, target))
+            continue
+        path = Path(target).expanduser()
+        if not path.is_absolute():
+            raise UsageError(f"{file}: mirrors.{prefix!r} = {target!r} is neither an absolute directory nor an "
+                             "http(s) URL")
+        found.append((prefix, str(path.resolve())))
+    return tuple(sorted(found, key=lambda pair: -len(pair[0])))  # the longest prefix wins
 
 
 def _read_settings(file: Path, *, required: bool) -> dict[str, Any] | None:
@@ -152,6 +208,11 @@ def _read_settings(file: Path, *, required: bool) -> dict[str, Any] | None:
         if known is None or not isinstance(values, dict):
             raise UsageError(f"{file}: unknown section [{section}]",
                              hint=f"the sections are {', '.join(f'[{s}]' for s in _SETTINGS)}")
+        if section == "mirrors":
+            settings["mirrors"] = _mirrors(file, values)
+            continue
+        if section == "pools":
+            settings["pool_default"] = None  # a [pools] section says which regions have a pool
         for key, value in values.items():
             if key not in known:
                 raise UsageError(f"{file}: unknown setting {key!r} in [{section}]",
@@ -183,6 +244,21 @@ def _setting(file: Path, name: str, kind: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
+    if kind == "uri":
+        if not isinstance(value, str) or not _LIBVIRT_URI_RE.match(value):
+            raise bad("a libvirt URI such as qemu:///system or qemu+ssh://host/system")
+        return value
+    if kind == "pool":
+        if not isinstance(value, str) or not _POOL_RE.match(value):
+            raise bad("a storage pool name (letters, digits, '.', '-', '_')")
+        return value
+    if kind == "dir":
+        return _setting(file, name, "dirs", [value] if isinstance(value, str) else value)[0]
+    if kind == "regions":
+        if not isinstance(value, dict):
+            raise bad("a table of region = \"pool\"")
+        return tuple((region.strip().lower(), _setting(file, f"{name}.{region}", "pool", pool))
+                     for region, pool in value.items())
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise bad("a positive number")
     return int(value * MIB) if kind == "mib" else float(value)

@@ -33,6 +33,8 @@ from orchestrator.effects.state import StateStore
 from orchestrator.errors import Canceled, OrchestratorError, TemplateInvalid
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
 from orchestrator.pipeline.fetch import fetch_all
+from orchestrator.pipeline.sources import resolve as resolve_source
+from orchestrator.pipeline.store_phase import prepare as prepare_store
 
 Progress = Callable[[str], None]
 
@@ -63,8 +65,7 @@ class Engine:
         problems += template_problems(template, policy, self.state.wrote_artifact)
         if problems:
             raise TemplateInvalid(problems, f"{name} (for `orchestrate build`)")
-        assert isinstance(template.source, m.PlatformImageSource)
-        return make_plan(template, self.catalog.resolve(template.source), name)
+        return make_plan(template, resolve_source(template.source, self.config, self.state, template.location), name)
 
     def build(self, template: m.ImageTemplate, name: str, template_text: str, template_path: str | None,
               progress: Progress = lambda s: None, force: bool = False,
@@ -98,6 +99,8 @@ class Engine:
             reused = None if force else self._reuse(plan, run_id, digest, log, progress)
             if reused:
                 return reused
+            prepare_store(self.config, self.state, template, plan, run_id, work / "packer-output" / "disk.qcow2",
+                          log, progress, cancel, self.state.wrote_artifact)  # pools, uses, checks: before boot
 
             accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
                                             Path(plan.source.path), self.config.qemu_system)

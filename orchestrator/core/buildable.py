@@ -15,17 +15,14 @@ def build_problems(template: m.ImageTemplate) -> list[Problem]:
         problems.append(Problem("$.properties.source", "windows-build",
                                 "Windows images cannot be built by `orchestrate build` yet",
                                 "`orchestrate render` produces the WinRM Packer HCL; run it on a host with a Windows base image"))
-    if not isinstance(template.source, m.PlatformImageSource):
+    if isinstance(template.source, m.IsoSource):
         problems.append(Problem("$.properties.source.type", "source-not-buildable",
-                                f"{template.source.kind} sources cannot be built yet",
-                                "use a PlatformImage source resolved from the local catalog (`orchestrate image list`)"))
+                                f"{template.source.kind} sources cannot be built yet (AIB retired them in 2020)",
+                                "use a PlatformImage (`orchestrate image list`), ManagedImage or SharedImageVersion "
+                                "source (`orchestrate store list`)"))
     for index, target in enumerate(template.distribute):
         path = f"$.properties.distribute[{index}]"
-        if not isinstance(target, m.VhdTarget):
-            problems.append(Problem(f"{path}.type", "target-not-buildable",
-                                    f"{target.kind} distribution is not supported by `orchestrate build` yet",
-                                    "distribute to a VHD ({\"type\": \"VHD\", \"runOutputName\": ...})"))
-        elif target.uri and not (target.uri.startswith("/") or target.uri.lower().startswith("file://")):
+        if isinstance(target, m.VhdTarget) and target.uri and not (target.uri.startswith("/") or target.uri.lower().startswith("file://")):
             problems.append(Problem(f"{path}.uri", "vhd-uri",
                                     f"`{target.uri}` is not a local path: on-prem a VHD is written to this host",
                                     "use file:///path/to/image.vhd or an absolute path, or drop uri"))

@@ -70,6 +70,12 @@ class TargetPlan:
     regions: tuple[str, ...] = ()
     exclude_from_latest: bool = False
     artifact_tags: tuple[tuple[str, str], ...] = ()
+    # SharedImage: versioning {scheme Latest|Source, major}, the storage account type (for the
+    # version and per region), replicaCount per region
+    versioning_scheme: str | None = None
+    versioning_major: int | None = None
+    storage_account_type: str | None = None
+    region_settings: tuple[tuple[str, int, str | None], ...] = ()  # (region, replicaCount, storageAccountType)
 
 
 @dataclass(frozen=True)
@@ -166,4 +172,8 @@ def _target(t: m.Target) -> TargetPlan:
                           artifact_tags=t.artifact_tags)
     regions = t.replication_regions or tuple(r.name for r in t.target_regions)
     return TargetPlan(t.run_output_name, "SharedImage", artifact_id=t.gallery_image_id, regions=regions,
-                      exclude_from_latest=t.exclude_from_latest, artifact_tags=t.artifact_tags)
+                      exclude_from_latest=t.exclude_from_latest, artifact_tags=t.artifact_tags,
+                      versioning_scheme=t.versioning_scheme, versioning_major=t.versioning_major,
+                      storage_account_type=t.storage_account_type,
+                      region_settings=tuple((r.name, r.replica_count, r.storage_account_type)
+                                            for r in t.target_regions))

@@ -1,12 +1,15 @@
 """Distribute targets: one class per target kind behind one small interface, chosen by a
-factory (as kiwi does for disk formats). The store issue adds ManagedImage and SharedImage
-classes here; the engine does not change."""
+factory (as kiwi does for disk formats): VHD (vhd.py), ManagedImage (managed_image.py) and
+SharedImage (gallery.py); the last two publish into libvirt storage pools (publish.py)."""
 from __future__ import annotations
 
 from orchestrator.distribute.base import DistributeJob, Distributor, Reusable
+from orchestrator.distribute.gallery import SharedImageDistributor
+from orchestrator.distribute.managed_image import ManagedImageDistributor
 from orchestrator.distribute.vhd import VhdDistributor
 
-_KINDS: dict[str, type[Distributor]] = {"VHD": VhdDistributor}
+_KINDS: dict[str, type[Distributor]] = {"VHD": VhdDistributor, "ManagedImage": ManagedImageDistributor,
+                                        "SharedImage": SharedImageDistributor}
 
 
 def distributor_for(kind: str) -> Distributor:
