@@ -169,3 +169,19 @@ def test_scripturi_scripts_run_as_root_and_inline_commands_as_the_build_user(tmp
     assert by_script["/cache/s.sh"]["execute_command"] == '"chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }}"'
     inline = by_script[str(tmp_path / "steps" / "02-inline.sh")]
     assert "execute_command" not in inline  # Packer's default: the build user
+
+
+def test_problems_of_an_image_template_in_an_arm_file_point_into_the_file(tmp_path, capsys):
+    image = linux_template(buildTimeoutInMinutes=-1)
+    image["properties"]["distribute"][0]["aritfactTags"] = {}
+    image["name"] = "web"
+    arm = {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+           "contentVersion": "1.0.0.0", "resources": [
+               {"type": "Microsoft.Resources/tags", "apiVersion": "2021-04-01", "name": "default",
+                "properties": {"tags": {}}}, image]}
+    path = tmp_path / "arm.json"
+    path.write_text(dumps(arm))
+    code, payload = _validate(capsys, path)
+    assert code == 2
+    assert [p["path"] for p in payload["error"]["problems"]] == ["$.resources[1].properties.buildTimeoutInMinutes"]
+    assert [w["path"] for w in payload["warnings"]] == ["$.resources[1].properties.distribute[0].aritfactTags"]

@@ -1,6 +1,7 @@
 """From template text to the model: JSON parsing, ARM deployment unwrapping, loading."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -78,15 +79,30 @@ def load_document(text: str, source: str, parameters: dict[str, Any] | None = No
     """The image template of `text` (plain, or the one an ARM deployment deploys); `strict`
     turns what AIB would ignore or coerce (warnings) into errors."""
     data = parse_json(text, source)
+    at = "$"  # where the image template sits in the file: its problems' paths start there
     if isinstance(data, dict) and _is_arm_deployment(data):
-        from orchestrator.core.arm import expand_deployment
+        from orchestrator.core.arm import expand_deployment_at
 
-        data = expand_deployment(data, parameters or {}, context or {}, source)
+        data, at = expand_deployment_at(data, parameters or {}, context or {}, source)
     elif parameters:
         raise TemplateInvalid([Problem("$", "parameters", "parameters were given, but this is a plain image "
                                        "template, not an ARM deployment template",
                                        "drop the parameters, or wrap the template in an ARM deployment")], source)
-    return load_template(data, source, strict_mode=strict)
+    try:
+        template = load_template(data, source, strict_mode=strict)
+    except TemplateInvalid as exc:
+        if at == "$":
+            raise
+        raise TemplateInvalid(rebased(exc.problems + exc.warnings, at), source) from None
+    return dataclasses.replace(template, warnings=tuple(rebased(list(template.warnings), at)))
+
+
+def rebased(problems: list[Problem], at: str) -> list[Problem]:
+    """Paths relative to the image template (`$.properties...`) as paths in the deployment
+    file (`$.resources[0].properties...`)."""
+    if at == "$":
+        return problems
+    return [dataclasses.replace(p, path=at + p.path[1:]) if p.path.startswith("$") else p for p in problems]
 
 
 TRIGGER_TYPE = "microsoft.virtualmachineimages/imagetemplates/triggers"

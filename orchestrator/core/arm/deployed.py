@@ -240,6 +240,7 @@ class Resources:
             self.ex.problem(where, "several-image-templates", f"{len(found)} imageTemplates resources: {listed}; "
                             "which one should be built?", "keep one per file, or give the others a `condition` that is false")
             return None
+        self.ex.template_path = found[0].declared.path  # where its own problems are reported
         return self.output(found[0])
 
     def is_image_template(self, declared: Declared) -> bool:

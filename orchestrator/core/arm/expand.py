@@ -34,12 +34,19 @@ MAX_NESTING = 200  # parameters, variables, resources and functions being evalua
 
 def expand_deployment(data: dict, parameters: dict[str, Any], context: dict[str, Any], source: str) -> dict:
     """The imageTemplates resource of `data` with every expression evaluated, or TemplateInvalid."""
+    return expand_deployment_at(data, parameters, context, source)[0]
+
+
+def expand_deployment_at(data: dict, parameters: dict[str, Any], context: dict[str, Any],
+                         source: str) -> tuple[dict, str]:
+    """The expanded imageTemplates resource and its JSON path in `data` (e.g. `$.resources[1]`),
+    under which the image template's own problems are reported."""
     expander = Expander(data, parameters, context, source)
     resource = expander.run()
     if expander.problems or resource is None:
         problems = list(dict.fromkeys(expander.problems))  # a loop or a function reports once
         raise TemplateInvalid(problems, source)
-    return resource
+    return resource, expander.template_path
 
 
 class Expander:
@@ -49,6 +56,7 @@ class Expander:
         self.context = context
         self.source = source
         self.problems: list[Problem] = []
+        self.template_path = "$"  # the imageTemplates resource's path, once found
         self.failures = 0  # problems plus silent failures (Reported), to tell a failed value
         self.scope = Scope()
         self.stack: list[tuple[str, str, str]] = []  # (kind, lowered name, name) being evaluated
