@@ -5,6 +5,9 @@
 #   2. The orchestrator package in a virtualenv at .venv, `orchestrate` on PATH.
 #   3. A Debian 12 base image imported as PlatformImage Debian:debian-12:12, built with
 #      debootstrap only if none is imported yet.
+#   4. libvirt (the image store): virtlogd and libvirtd started when they are not running (no
+#      systemd here), and the storage pools the configuration names (`orchestrate store init`).
+#      With [libvirt] uri naming another host, nothing is started here.
 # Usage: scripts/setup-host.sh            (as root)
 set -euo pipefail
 
@@ -15,7 +18,8 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages and builds a disk image with loop devices)"
 
 packages=(packer qemu-system-x86 qemu-utils xorriso debootstrap fdisk extlinux syslinux-common
-          e2fsprogs dosfstools python3 python3-venv ca-certificates)
+          e2fsprogs dosfstools python3 python3-venv ca-certificates
+          libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc python3-dev)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -31,10 +35,11 @@ if [ ! -x "$venv/bin/python" ]; then
     say "creating $venv"
     python3 -m venv "$venv"
 fi
-stamp="$venv/.installed-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
+extras="test,libvirt"  # libvirt-python builds against libvirt-dev (installed above)
+stamp="$venv/.installed-$( (cat "$here/pyproject.toml"; echo "$extras") | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
     say "installing the orchestrator package and test tools"
-    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[$extras]"
     touch "$stamp"
 fi
 ln -sf "$venv/bin/orchestrate" /usr/local/bin/orchestrate
@@ -60,4 +65,16 @@ else
     rm -f "$out"  # the catalog keeps its own link to the file
     echo "$script_sum" > "$stamp_file"
 fi
-say "ready: $(packer version | head -1), $(qemu-system-x86_64 --version | head -1)"
+# libvirt: start the daemons where nothing else does (no systemd), then the configured pools.
+uri=$("$venv/bin/python" -c 'from orchestrator.config import load_config; print(load_config().libvirt_uri)')
+case "$uri" in
+    qemu:///system|qemu:///session|"")
+        pgrep -x virtlogd >/dev/null || { say "starting virtlogd"; virtlogd -d; }
+        if ! pgrep -x libvirtd >/dev/null; then
+            say "starting libvirtd"
+            libvirtd -d
+            for _ in $(seq 50); do virsh -c "$uri" version >/dev/null 2>&1 && break; sleep 0.1; done
+        fi ;;
+esac
+orchestrate store init >/dev/null || die "cannot create the storage pools at $uri (see the error above)"
+say "ready: $(packer version | head -1), $(qemu-system-x86_64 --version | head -1), libvirt $uri"
