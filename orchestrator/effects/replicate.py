@@ -1,18 +1,21 @@
 """Writing one image into several volumes: flatten a build disk with qemu-img, then copy it
 to every replica in one pass that also hashes it.
 
-The copy reads the source once (data extents only: holes stay holes, as `cp --sparse=always`
-keeps them), writes each block to every destination and feeds the same block to SHA-256 on
-another thread (hashlib releases the GIL), so N replicas cost one read, one hash and N writes.
+The copy takes the data extents only (holes stay holes, as `cp --sparse=always` keeps them),
+copies them into every destination in the kernel (copy_file_range, as cp does) while another
+thread hashes the same extents (hashlib releases the GIL), then flushes the destinations (in
+parallel): the sha256 and a durable copy are what a Succeeded record promises.
 A cancel is seen between blocks and ends a qemu-img run at once.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import subprocess
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from orchestrator.effects.files import _next_extent, _update_zeros
@@ -44,58 +47,124 @@ def flatten(src: Path, dst: Path, cancel: threading.Event | None, what: str) -> 
 
 
 def copy_hashed(src: Path, dests: list[Path], cancel: threading.Event | None, what: str) -> tuple[str, int]:
-    """Copies `src` into every path of `dests` (created or truncated, sparse) and returns
-    (sha256, size) of the bytes copied. With no destinations it only hashes."""
-    digest = hashlib.sha256()
+    """Copies `src` into every path of `dests` (created or truncated, sparse, flushed to disk)
+    and returns (sha256, size) of the source. With no destinations it only hashes.
+
+    The data extents go to each destination with copy_file_range (in the kernel, as cp does);
+    meanwhile another thread reads the same extents (from the page cache) into SHA-256."""
     outs: list[int] = []
-    hashing: Future | None = None
     with open(src, "rb", buffering=0) as handle, ThreadPoolExecutor(1) as pool:
         fd = handle.fileno()
         size = os.fstat(fd).st_size
+        extents = _extents(fd, size)
+        stop = threading.Event()
+        hashing = pool.submit(_hash_extents, src, extents, size, stop)
         try:
             for dest in dests:
                 out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
                 outs.append(out)
                 os.ftruncate(out, size)
-            offset = 0
-            buffers = [bytearray(BLOCK), bytearray(BLOCK)]
-            turn = 0
-            while offset < size:
-                data_at, hole_at = _next_extent(fd, offset, size)
-                if data_at > offset:
-                    if hashing is not None:
-                        hashing.result()
-                    hashing = pool.submit(_update_zeros, digest, data_at - offset)
-                position = data_at
-                while position < hole_at:
+            for start, end in extents:
+                position = start
+                while position < end:
                     if cancel is not None and cancel.is_set():
                         raise Canceled(f"the build was canceled while {what}")
-                    buffer = buffers[turn]
-                    turn ^= 1
-                    view = memoryview(buffer)[:min(BLOCK, hole_at - position)]
-                    count = os.preadv(fd, [view], position)
-                    if count <= 0:
-                        raise BuildFailed(f"{src} shrank while {what}")
-                    block = view[:count]
-                    if hashing is not None:
-                        hashing.result()  # the other buffer is free again, and the digest in order
-                    hashing = pool.submit(digest.update, block)
+                    step = min(BLOCK * 8, end - position)
                     for out in outs:
-                        _write_all(out, block, position)
-                    position += count
-                offset = hole_at
-            if hashing is not None:
-                hashing.result()
-            for out in outs:
-                os.fsync(out)
+                        _copy_range(fd, out, position, step, src)
+                        _start_writeback(out, position, step)
+                    position += step
+            _parallel(os.fdatasync, outs)
+            digest = hashing.result()
         finally:
+            stop.set()
             for out in outs:
                 os.close(out)
-    return digest.hexdigest(), size
+    return digest, size
 
 
-def _write_all(fd: int, block: memoryview, position: int) -> None:
+def _extents(fd: int, size: int) -> list[tuple[int, int]]:
+    found, offset = [], 0
+    while offset < size:
+        data_at, hole_at = _next_extent(fd, offset, size)
+        if data_at < hole_at:
+            found.append((data_at, hole_at))
+        offset = hole_at
+    return found
+
+
+def _hash_extents(src: Path, extents: list[tuple[int, int]], size: int, stop: threading.Event) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(BLOCK)
+    offset = 0
+    with open(src, "rb", buffering=0) as handle:
+        fd = handle.fileno()
+        for start, end in extents:
+            _update_zeros(digest, start - offset)
+            position = start
+            while position < end:
+                if stop.is_set():
+                    return ""
+                view = memoryview(buffer)[:min(BLOCK, end - position)]
+                count = os.preadv(fd, [view], position)
+                if count <= 0:
+                    raise BuildFailed(f"{src} shrank while it was hashed")
+                digest.update(view[:count])
+                position += count
+            offset = end
+        _update_zeros(digest, size - offset)
+    return digest.hexdigest()
+
+
+def _copy_range(src_fd: int, out: int, position: int, count: int, src: Path) -> None:
+    """count bytes at `position` of src into the same place of out (in the kernel; a plain
+    read and write where copy_file_range is not supported)."""
+    while count > 0:
+        try:
+            copied = os.copy_file_range(src_fd, out, count, position, position)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            block = os.pread(src_fd, min(count, BLOCK), position)
+            copied = len(block) and _write_all(out, memoryview(block), position) or len(block)
+        if copied <= 0:
+            raise BuildFailed(f"{src} shrank while it was copied")
+        position += copied
+        count -= copied
+
+
+def _libc_sync_file_range():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return function
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, position: int, count: int) -> None:
+    """Starts writing a copied range to disk now (sync_file_range, asynchronous), so that the
+    final flush does not wait for the whole image to be written back at once."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, position, count, SYNC_FILE_RANGE_WRITE)
+
+
+def _parallel(function, items: list) -> None:
+    if not items:
+        return
+    with ThreadPoolExecutor(len(items)) as pool:
+        list(pool.map(function, items))
+
+
+def _write_all(fd: int, block: memoryview, position: int) -> int:
+    total = len(block)
     while block:
         written = os.pwrite(fd, block, position)
         block = block[written:]
         position += written
+    return total
