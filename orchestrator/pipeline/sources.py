@@ -9,7 +9,6 @@ validate open it read-only); a source that is not there names the JSON path.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Protocol
 
 from orchestrator.config import Config
@@ -141,7 +140,3 @@ def resolver_for(source: m.Source, config: Config, state: StateStore,
 
 def resolve(source: m.Source, config: Config, state: StateStore, location: str | None = None) -> ResolvedSource:
     return resolver_for(source, config, state, location).resolve(source)
-
-
-def source_path(resolved: ResolvedSource) -> Path:
-    return Path(resolved.path)
