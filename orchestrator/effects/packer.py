@@ -166,17 +166,23 @@ def qemu_pids(marker: str) -> list[int]:
     return pids
 
 
-def kill_leftover_qemu(marker: str) -> int:
-    pids = qemu_pids(marker)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+def kill_leftover_qemu(marker: str, patience: float = 60.0) -> int:
+    """SIGKILLs every QEMU of the run and waits until none is left (a loaded host can take a
+    while to tear down a guest's memory); returns how many there were."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        pids = [pid for pid in qemu_pids(marker) if _alive(pid)]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed.update(pids)
         time.sleep(0.05)  # not ours to wait() on: QEMU is Packer's child
-    return len(pids)
+    return len(killed)
 
 
 def _alive(pid: int) -> bool:
