@@ -159,10 +159,10 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     check_host_policy(config, template, args, name)
     plan = _plan_for_display(config, template, name)
     if args.json:
-        emit({**_shown_plan(plan), "osTypeReason": template.os_type_reason,
+        emit({**_shown_plan(plan),
               "warnings": [w.as_dict() for w in template.warnings]})
         return 0
-    print(f"template {name} ({plan.os_type}, from {template.os_type_reason})")
+    print(f"template {name} ({plan.os_type}, from {plan.os_type_reason})")
     print(f"  source:   {plan.source.description}")
     disk = f"{plan.disk_size_mib} MiB" if plan.disk_size_mib else "the source's size"
     print(f"  build VM: {plan.vm_size} -> {plan.cpus} vCPU, {plan.memory_mib} MiB; disk {disk}; "

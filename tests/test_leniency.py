@@ -149,7 +149,7 @@ def test_os_of_a_source_whose_name_says_nothing_comes_from_the_customizers(tmp_p
     file.write_text(dumps(data))
     assert main(["plan", "--json", str(file)]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert (plan["os_type"], plan["osTypeReason"]) == (os_type, reason)
+    assert (plan["os_type"], plan["os_type_reason"]) == (os_type, reason)
     assert main(["plan", str(file)]) == 0
     assert f"({os_type}, from {reason})" in capsys.readouterr().out
 
@@ -185,3 +185,14 @@ def test_problems_of_an_image_template_in_an_arm_file_point_into_the_file(tmp_pa
     assert code == 2
     assert [p["path"] for p in payload["error"]["problems"]] == ["$.resources[1].properties.buildTimeoutInMinutes"]
     assert [w["path"] for w in payload["warnings"]] == ["$.resources[1].properties.distribute[0].aritfactTags"]
+
+
+def test_the_store_s_record_of_a_source_says_its_os_when_the_template_does_not():
+    template = load_document(dumps(linux_template(source={"type": "ManagedImage", "imageId": MANAGED},
+                                                  customize=[])), "t")
+    assert template.os_type_reason.startswith("the default")
+    source = ResolvedSource("ManagedImage base", "/x.qcow2", "qcow2", 2**30, "0" * 64, os_type="Windows")
+    plan = make_plan(template, source, "t")
+    assert (plan.os_type, plan.os_type_reason) == ("Windows", "the image store's record of the source")
+    shell = load_document(dumps(linux_template(source={"type": "ManagedImage", "imageId": MANAGED})), "t")
+    assert make_plan(shell, source, "t").os_type == "Linux"  # a Shell step says Linux, whatever the store says

@@ -140,6 +140,7 @@ def test_managed_image_source_and_missing_sources_name_the_json_path(store_confi
     found = resolve(m.ManagedImageSource(MANAGED.upper().replace("/SUBSCRIPTIONS/", "/subscriptions/")),
                     store_config, state)  # resource IDs compare without case
     assert Path(found.path).is_file() and found.virtual_size == 64 * 2**20 and found.sha256 == _sha(found.path)
+    assert found.os_type == "Linux"  # recorded from the build that made it
     # a managed image that exists is not overwritten
     with pytest.raises(TemplateInvalid) as exists:
         distribute(store_config, plan_for([{"type": "ManagedImage", "runOutputName": "mi", "imageId": MANAGED,

@@ -29,6 +29,7 @@ class ResolvedSource:
     virtual_size: int  # bytes
     sha256: str
     resolved_version: str | None = None
+    os_type: str | None = None  # what the store recorded of the image (the build that made it)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class TargetPlan:
 class BuildPlan:
     name: str
     os_type: str
+    os_type_reason: str
     source: ResolvedSource
     cpus: int
     memory_mib: int
@@ -124,10 +126,14 @@ def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> B
     if template.validate is not None:
         offset = len(steps)
         steps += [_step(offset + i, i, c, "validate") for i, c in enumerate(template.validate.in_vm_validations, 1)]
-    windows = template.os_type == "Windows"
+    os_type, os_reason = template.os_type, template.os_type_reason
+    if source.os_type and os_reason.startswith("the default"):  # the template says nothing; the store does
+        os_type, os_reason = source.os_type, "the image store's record of the source"
+    windows = os_type == "Windows"
     return BuildPlan(
         name=name,
-        os_type=template.os_type,
+        os_type=os_type,
+        os_type_reason=os_reason,
         source=source,
         cpus=cpus,
         memory_mib=memory,

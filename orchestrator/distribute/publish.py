@@ -56,7 +56,7 @@ def volume_names(rid_key: str, short: str, run_id: str) -> tuple[str, str]:
 def publish(config: Config, state: StateStore, rid: ResourceId, disk: Path, placements: list[Placement],
             run_id: str, run_output: str, kind: str, *, source: str, tags: dict[str, str],
             location: str | None, cancel: threading.Event, output: Callable[[Published], tuple],
-            exclude_from_latest: bool = False, storage_account_type: str | None = None,
+            exclude_from_latest: bool = False, storage_account_type: str | None = None, os_type: str | None = None,
             version_for: Callable[[list[tuple[int, int, int]]], tuple[int, int, int]] | None = None,
             log: Callable[[str], None] = lambda s: None) -> Published:
     """Writes `disk` (a build disk, maybe an overlay) as one standalone qcow2 volume per
@@ -72,7 +72,8 @@ def publish(config: Config, state: StateStore, rid: ResourceId, disk: Path, plac
 
         rid, volumes = store.begin(rid, run_id, run_output, planned, source=source, tags=tags, location=location,
                                    exclude_from_latest=exclude_from_latest,
-                                   storage_account_type=storage_account_type, version_for=version_for)
+                                   storage_account_type=storage_account_type, os_type=os_type,
+                                   version_for=version_for)
         try:
             published = _write(lv, pools, rid, disk, volumes, cancel, log, local=lv.local, work=disk.parent)
             store.finish(rid.key, published.sha256, published.size, published.virtual_size, published.volumes,

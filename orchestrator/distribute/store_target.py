@@ -70,7 +70,7 @@ class StoreDistributor:
         job.progress(f"publishing {self.kind} {target.run_output_name!r}")
         return publish(job.config, job.state, rid, job.disk, self.placements(job), job.run_id,
                        target.run_output_name, self.kind, source=job.plan.source.description,
-                       tags=dict(target.artifact_tags), cancel=job.cancel,
+                       tags=dict(target.artifact_tags), cancel=job.cancel, os_type=job.plan.os_type,
                        log=lambda line: job.log.write("orchestrator", line),
                        output=lambda published: self.output(job, published), **kw)
 

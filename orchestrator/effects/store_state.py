@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS store_objects (
     location TEXT,
     exclude_from_latest INTEGER NOT NULL DEFAULT 0,
     storage_account_type TEXT,
+    os_type TEXT,
     tags TEXT,
     created_at REAL NOT NULL,
     finished_at REAL
@@ -92,6 +93,9 @@ class StoreState:
         if not state.read_only:
             with state._connect() as db:
                 db.executescript(_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(store_objects)")}
+                if "os_type" not in columns:  # a store made before the OS was recorded
+                    db.execute("ALTER TABLE store_objects ADD COLUMN os_type TEXT")
         self._ready = not state.read_only
 
     def _db(self):
@@ -107,7 +111,7 @@ class StoreState:
     # --- creating an object --------------------------------------------------------------
     def begin(self, rid: ResourceId, run_id: str, run_output: str, volumes: Callable[[str, str], list[Volume]],
               *, source: str, tags: dict[str, str], location: str | None, exclude_from_latest: bool = False,
-              storage_account_type: str | None = None,
+              storage_account_type: str | None = None, os_type: str | None = None,
               version_for: Callable[[list[tuple[int, int, int]]], tuple[int, int, int]] | None = None,
               ) -> tuple[ResourceId, list[Volume]]:
         """Records a managed image or image version as Creating, with the volumes it will have,
@@ -133,11 +137,11 @@ class StoreState:
                         rid.gallery.key if container.kind == "ImageDefinition" else None, now))
             db.execute(
                 "INSERT INTO store_objects (key, kind, resource_id, parent_key, version, v_major, v_minor, v_patch, "
-                "state, run_id, run_output, source, location, exclude_from_latest, storage_account_type, tags, "
-                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "state, run_id, run_output, source, location, exclude_from_latest, storage_account_type, os_type, "
+                "tags, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rid.key, rid.kind, rid.resource_id, parent, rid.version, *(parts or (None, None, None)),
                  "Creating", run_id, run_output, source, location, int(exclude_from_latest), storage_account_type,
-                 json.dumps(tags), now))
+                 os_type, json.dumps(tags), now))
             planned = volumes(rid.key, rid.short)
             for v in planned:
                 db.execute("INSERT INTO store_volumes VALUES (?,?,?,?,?,?,?,?)", (

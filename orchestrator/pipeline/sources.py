@@ -68,7 +68,7 @@ class _StoreResolver:
                     description=f"{source.kind} {named}" + (f" -> {version}" if named.lower().endswith("/latest")
                                                             else ""),
                     path=volume.path, format="qcow2", virtual_size=obj["virtual_size"], sha256=obj["sha256"],
-                    resolved_version=version)
+                    resolved_version=version, os_type=obj.get("os_type"))
         raise SourceNotFound(f"{self.field}: the volume of {obj['resource_id']} is missing "
                              f"({', '.join(f'{v.pool}/{v.volume}' for v in obj['volumes'])})",
                              hint=f"delete it (`orchestrate store delete {obj['resource_id']}`) and publish it again")
