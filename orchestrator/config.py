@@ -57,11 +57,19 @@ class Config:
     pool_default: str | None = DEFAULT_POOL
     pool_regions: tuple[tuple[str, str], ...] = ()  # (region, lowercased; pool)
     pools_dir: Path | None = None  # where missing pools are created (DIR/POOL); default: data home's pools/
+    # storageAccountType (lowercased) -> the pool its replicas go to, whatever their region (a
+    # storage tier: Premium_LRS on SSDs, Standard_ZRS on a replicated file system)
+    pool_storage: tuple[tuple[str, str], ...] = ()
     # URL prefix -> a local directory (absolute path) or a local http(s) URL serving the same tree
     mirrors: tuple[tuple[str, str], ...] = ()
 
-    def pool_for(self, region: str) -> str | None:
-        """The storage pool of an Azure region (location) name, or None when there is none."""
+    def pool_for(self, region: str, storage_account_type: str | None = None) -> str | None:
+        """The storage pool of a replica: its storageAccountType's pool if [pools.storage] names
+        one, else its region's ([pools.regions]), else [pools] default; None when there is none."""
+        account = (storage_account_type or "").strip().lower()
+        for name, pool in self.pool_storage:
+            if account and name == account:
+                return pool
         wanted = (region or "").strip().lower()
         for name, pool in self.pool_regions:
             if name == wanted:
@@ -157,7 +165,7 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "build_vm": {"vnc": ("vnc", "bool")},
     "libvirt": {"uri": ("libvirt_uri", "uri")},
     "pools": {"default": ("pool_default", "pool"), "dir": ("pools_dir", "dir"),
-              "regions": ("pool_regions", "regions")},
+              "regions": ("pool_regions", "regions"), "storage": ("pool_storage", "regions")},
     "mirrors": {},  # any URL prefix: read by _mirrors
 }
 

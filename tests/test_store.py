@@ -229,3 +229,22 @@ def test_libvirt_errors_say_what_was_being_done():
             lv.create_volume(pool, "a.qcow2", 2**20)
         assert "cannot create volume 'a.qcow2' in pool 'default-pool'" in twice.value.message
         assert lv.delete_volume(pool, "a.qcow2") and not lv.delete_volume(pool, "a.qcow2")
+
+
+def test_storage_account_type_is_honoured_by_its_pool(store_config, tmp_path, pools):
+    """[pools.storage] sends the replicas of a storageAccountType to its pool (a storage tier),
+    whatever their region; replicas of other types stay in their region's pool."""
+    config = dataclasses.replace(store_config, pool_storage=(("premium_lrs", pools["default"]),))
+    disk = make_disk(tmp_path / "d")
+    target = {"type": "SharedImage", "runOutputName": "gallery", "galleryImageId": DEFINITION, "targetRegions": [
+        {"name": "eastus", "storageAccountType": "Premium_LRS"},
+        {"name": "westus", "storageAccountType": "Standard_LRS"}]}
+    plan = plan_for([target])
+    state, run_id = distribute(config, plan, disk)
+    [output] = state.outputs(run_id)
+    replicas = output["properties"]["replicas"]
+    assert [(r["region"], r["pool"]) for r in replicas] == [("eastus", pools["default"]), ("westus", pools["west"])]
+    assert all(Path(r["path"]).is_file() for r in replicas)
+    record = StoreState(state).get(parse(output["properties"]["artifactId"]).key)
+    assert [(v.region, v.storage_account_type) for v in record["volumes"]] == [
+        ("eastus", "Premium_LRS"), ("westus", "Standard_LRS")]

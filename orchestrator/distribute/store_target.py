@@ -38,19 +38,21 @@ class StoreDistributor:
         raise NotImplementedError
 
     def placements(self, job: DistributeJob) -> list[Placement]:
-        """Each region the target names, with its pool ([pools.regions], else [pools] default)."""
+        """Each region the target names, with its pool: [pools.storage] for its storageAccountType,
+        else [pools.regions], else [pools] default."""
         target, config = job.target, job.config
         settings = {name: (count, account) for name, count, account in target.region_settings}
         regions = list(target.regions) or ["default"]
         found = []
         for region, field in zip(regions, self.region_fields(job)):
-            pool = config.pool_for(region)
+            count, account = settings.get(region, (1, None))
+            account = account or target.storage_account_type
+            pool = config.pool_for(region, account)
             if pool is None:
                 raise refuse(job, field, "region-pool", f"region `{region}` has no storage pool",
                              f'map it in {config.setting_source()}: [pools.regions] {region} = "POOL", '
                              'or set [pools] default = "POOL"')
-            count, account = settings.get(region, (1, None))
-            found.append(Placement(region, pool, count, account or target.storage_account_type))
+            found.append(Placement(region, pool, count, account))
         return found
 
     def check(self, job: DistributeJob) -> None:
