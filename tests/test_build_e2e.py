@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     listening: dict[int, set[str]] = {}
 
     cdrom_dirs_before = set(Path("/tmp").glob("packer_to_cdrom*"))
+    temp_dirs_before = set(Path(tempfile.gettempdir()).glob("orchestrator-packer-*"))
     while_running: dict[str, object] = {}
 
     def progress(what: str) -> None:
@@ -93,7 +95,8 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     assert not list(result.log_path.parent.glob("id_ed25519*"))  # and gone when the run ended
     cmdline = while_running["cmdline"]
     assert cmdline[cmdline.index(b"-vnc") + 1] == b"none"  # no console unless asked for
-    assert set(Path("/tmp").glob("packer_to_cdrom*")) == cdrom_dirs_before  # Packer's temporaries stay in the run
+    assert set(Path("/tmp").glob("packer_to_cdrom*")) == cdrom_dirs_before  # Packer's temporaries: in its own
+    assert set(Path(tempfile.gettempdir()).glob("orchestrator-packer-*")) == temp_dirs_before  # dir, then gone
     assert stat.S_IMODE(result.log_path.stat().st_mode) == 0o600
     assert [s.split(" (")[0] for s in seen if s.startswith("customizer")] == [
         "customizer 'inlineStep'", "customizer 'scriptStep'", "customizer 'fileStep'", "customizer 'placeStep'"]

@@ -131,6 +131,13 @@ def test_a_null_script_or_inline_is_neither(kind, null):
         (f"$.properties.customize[0].{null}", "type") in found, found
 
 
+@pytest.mark.parametrize("kind", ["Shell", "PowerShell"])
+def test_an_empty_script_uri_is_no_script(kind):
+    # found by test_fuzz: an empty optional string reads as unset, and then the step had neither
+    data = linux_template(customize=[{"type": kind, "name": "a", "scriptUri": ""}])
+    assert ("$.properties.customize[0]", "script-or-inline") in rules(data)
+
+
 def test_checksum_format_and_scheme():
     data = linux_template(customize=[
         {"type": "Shell", "name": "a", "scriptUri": "ftp://h/s.sh", "sha256Checksum": "abc"},

@@ -49,8 +49,8 @@ def _customizer(obj: ObjectReader, index: int, validation: bool, api: str = API_
         sha = checksum_field(obj)
         inline = obj.strings("inline", nonempty=True)
 
-        def present(name: str) -> bool:  # null is no value, as for every other optional field
-            return obj.has(name) and obj.raw(name) is not None
+        def present(name: str) -> bool:  # null and "" are no value, as for every other optional field
+            return obj.has(name) and obj.raw(name) not in (None, "")
 
         if present(script_field) == present("inline"):
             obj.problem(None, "script-or-inline", f"a {kind} customizer needs exactly one of scriptUri or inline")

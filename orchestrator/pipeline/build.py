@@ -3,6 +3,7 @@ disk or a clear error. `orchestrate render -o` writes its files through `write_r
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from orchestrator.effects.sshkeys import make_key_pair
 from orchestrator.errors import BuildFailed, BuildTimeout, Canceled, CustomizerFailed
 
 KEY_NAME = "id_ed25519"
+TEMP_PREFIX = "orchestrator-packer-"
 
 
 def write_rendered(work: Path, rendered: RenderedBuild, secrets: dict[str, str] | None = None) -> Path:
@@ -62,8 +64,10 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
         if source == "generalize" and "orchestrator-generalize: running" in line:
             log.write("orchestrator", "generalize: " + line.split("orchestrator-generalize: ", 1)[1])
 
-    temp = work / "tmp"  # Packer's own temporaries (its cd_files staging) stay in the run
-    temp.mkdir(mode=0o700, exist_ok=True)
+    # Packer's own temporaries (its cd_files staging, plugin sockets) in a directory of the run's
+    # own, removed afterwards: not /tmp itself, and a short path (a unix socket path has at most
+    # 108 bytes, which a run directory under a deep data home exceeds).
+    temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     try:
         result = run_packer(config.packer, work / "build.pkr.hcl", log, rendered.provisioners,
                             deadline=deadline, cancel=cancel, cache_dir=config.home / "cache" / "packer",
