@@ -188,7 +188,7 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
     Downloads are not fetched: their paths are where `orchestrate build` caches them (a file
     without sha256Checksum under cache/downloads/fetched-at-build-time/, see _render_download_path)."""
     from orchestrator.effects.sshkeys import make_key_pair
-    from orchestrator.pipeline.build import KEY_NAME, write_rendered
+    from orchestrator.pipeline.build import KEY_NAME
 
     template, name, _ = load(args, config)
     plan = _plan_for_display(config, template, name)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.core.plan import Download, ResolvedSource, Step, make_plan
+from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.template import load_template
 from orchestrator.effects.downloads import DownloadCache
 from orchestrator.effects.hostpolicy import HostPolicy

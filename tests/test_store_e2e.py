@@ -5,7 +5,6 @@ https URL, sees the first build's effects and publishes the next version. Two bu
 shared by the tests of this module."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
