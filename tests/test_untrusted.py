@@ -416,6 +416,16 @@ def test_credentials_and_signed_queries_never_reach_messages():
     assert "s3cret" not in shown and "SIGNATURE" not in shown and shown.startswith("https://blob.example/c/s.sh")
 
 
+def test_a_checksum_mismatch_names_the_url_without_its_secrets(tmp_path, http_root):
+    root, url = http_root
+    (root / "s.sh").write_bytes(b"echo\n")
+    secret = url.replace("http://", "http://user:s3cret@") + "/s.sh?sig=SIGNATURE"
+    with pytest.raises(DownloadFailed) as err:
+        DownloadCache(tmp_path / "c").fetch(secret, "0" * 64, "t", Limits.within(30))
+    assert "sha256 mismatch" in err.value.message and "/s.sh" in err.value.message
+    assert "s3cret" not in err.value.message and "SIGNATURE" not in err.value.message
+
+
 # --- keys and secrets are private --------------------------------------------------------
 
 def test_the_data_home_and_its_files_are_owner_only(tmp_path, home, capsys):

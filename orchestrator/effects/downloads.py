@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from orchestrator.config import DEFAULT_DOWNLOAD_SECONDS, DEFAULT_SCRIPT_MAX_MIB, DEFAULT_STALL_SECONDS, MIB
 from orchestrator.effects.files import CHUNK, open_private, remove_stale_parts, sha256_file, temp_name
 from orchestrator.errors import Canceled, ChecksumMismatch, DownloadFailed
 
@@ -38,8 +39,20 @@ class Limits:
     check_file: Callable[[str], tuple[str, str] | None] = lambda uri: None
 
     @classmethod
-    def within(cls, seconds: float, max_bytes: int = 64 * 2**20, stall_seconds: float = 60.0, **kw) -> "Limits":
+    def within(cls, seconds: float, max_bytes: int = DEFAULT_SCRIPT_MAX_MIB * MIB,
+               stall_seconds: float = DEFAULT_STALL_SECONDS, **kw) -> "Limits":
         return cls(max_bytes=max_bytes, stall_seconds=stall_seconds, deadline=time.monotonic() + seconds, **kw)
+
+    def stop_reason(self, last_progress: float | None = None) -> str | None:
+        """Why the download must stop now ("canceled", "deadline", "stall"), or None."""
+        if self.cancel is not None and self.cancel.is_set():
+            return "canceled"
+        now = time.monotonic()
+        if now > self.deadline:
+            return "deadline"
+        if last_progress is not None and now - last_progress > self.stall_seconds:
+            return "stall"
+        return None
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,7 @@ class DownloadCache:
 
     def fetch(self, url: str, expected_sha256: str | None, where: str, limits: Limits | None = None) -> Fetched:
         """Returns the verified, cached file; raises DownloadFailed / ChecksumMismatch / Canceled."""
-        limits = limits or Limits.within(1800)
+        limits = limits or Limits.within(DEFAULT_DOWNLOAD_SECONDS)
         note = ""
         if expected_sha256:
             cached = self.path_for(expected_sha256.lower())
@@ -78,7 +91,7 @@ class DownloadCache:
         try:
             digest, size = _stream(url, tmp, where, limits)
             if expected_sha256 and digest != expected_sha256.lower():
-                raise ChecksumMismatch(url, expected_sha256.lower(), digest, where)
+                raise ChecksumMismatch(display_url(url), expected_sha256.lower(), digest, where)
             final = self.path_for(digest)
             os.replace(tmp, final)
             return Fetched(url, final, digest, size, False, note)
@@ -152,17 +165,23 @@ def _file_blocks(url: str, shown: str, where: str, limits: Limits) -> Iterator[b
         if info.st_size > limits.max_bytes:
             raise _too_large(shown, where, limits.max_bytes, f"{info.st_size:,} bytes")
         while block := handle.read(CHUNK):
-            _check_stop(limits, shown, where)
+            reason = limits.stop_reason()
+            if reason:
+                raise _stopped(reason, shown, where, limits)
             yield block
 
 
-def _check_stop(limits: Limits, shown: str, where: str) -> None:
-    if limits.cancel is not None and limits.cancel.is_set():
-        raise Canceled(f"the build was canceled while fetching {shown} ({where})")
-    if time.monotonic() > limits.deadline:
-        raise DownloadFailed(f"downloading {shown} ({where}) did not finish in time",
-                             hint="the downloads of a build share a deadline within buildTimeoutInMinutes "
-                                  "([downloads] total_timeout_seconds of the configuration)")
+def _stopped(reason: str, shown: str, where: str, limits: Limits) -> Exception:
+    """The error for a download stopped by Limits.stop_reason."""
+    if reason == "canceled":
+        return Canceled(f"the build was canceled while fetching {shown} ({where})")
+    if reason == "deadline":
+        return DownloadFailed(f"downloading {shown} ({where}) did not finish in time",
+                              hint="the downloads of a build share a deadline within buildTimeoutInMinutes "
+                                   "([downloads] total_timeout_seconds of the configuration)")
+    return DownloadFailed(f"downloading {shown} ({where}) stalled: no data for {limits.stall_seconds:g} s",
+                          hint="check the server; [downloads] stall_timeout_seconds of the configuration "
+                               "sets how long a download may send nothing")
 
 
 class _Watchdog:
@@ -180,13 +199,7 @@ class _Watchdog:
 
     def _watch(self) -> None:
         while not self._done.wait(0.1):
-            now = time.monotonic()
-            if self.limits.cancel is not None and self.limits.cancel.is_set():
-                self.reason = "canceled"
-            elif now > self.limits.deadline:
-                self.reason = "deadline"
-            elif now - self.last_progress > self.limits.stall_seconds:
-                self.reason = "stall"
+            self.reason = self.limits.stop_reason(self.last_progress)
             if self.reason:
                 self._close()
                 return
@@ -293,16 +306,10 @@ def _body(response: http.client.HTTPResponse, shown: str, where: str, limits: Li
 
 def _failure(watchdog: _Watchdog, shown: str, where: str, limits: Limits,
              exc: BaseException | None) -> Exception:
-    if watchdog.reason == "canceled":
-        return Canceled(f"the build was canceled while fetching {shown} ({where})")
-    if watchdog.reason == "deadline":
-        return DownloadFailed(f"downloading {shown} ({where}) did not finish in time",
-                              hint="the downloads of a build share a deadline within buildTimeoutInMinutes "
-                                   "([downloads] total_timeout_seconds of the configuration)")
-    if watchdog.reason == "stall" or isinstance(exc, (socket.timeout, TimeoutError)):
-        return DownloadFailed(f"downloading {shown} ({where}) stalled: no data for {limits.stall_seconds:g} s",
-                              hint="check the server; [downloads] stall_timeout_seconds of the configuration "
-                                   "sets how long a download may send nothing")
+    if watchdog.reason:
+        return _stopped(watchdog.reason, shown, where, limits)
+    if isinstance(exc, (socket.timeout, TimeoutError)):  # the socket's own timeout: a stall too
+        return _stopped("stall", shown, where, limits)
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return DownloadFailed(f"cannot download {shown} ({where}): {reason}",
                           hint="check the URL and that this host can reach it")

@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from orchestrator.effects.proc import process_start_time
+
 CHUNK = 1024 * 1024
 
 
@@ -117,17 +119,8 @@ def remove_stale_parts(directory: Path) -> list[Path]:
         if not name.startswith(".") or _PART not in name:
             continue
         pid = name.rsplit(_PART, 1)[1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and process_start_time(int(pid)) is None:  # no such process: the writer is gone
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
