@@ -58,10 +58,9 @@ class Engine:
     def run_dir(self, run_id: str) -> Path:
         return self.config.runs_dir / run_id
 
-    def plan(self, template: m.ImageTemplate, name: str, template_dir: Path | None = None) -> BuildPlan:
+    def plan(self, template: m.ImageTemplate, name: str, policy: HostPolicy) -> BuildPlan:
         """The plan, or every reason this host will not build the template (with JSON paths)."""
         problems = build_problems(template)
-        policy = HostPolicy.of(self.config, template_dir)
         problems += template_problems(template, policy, self.state.wrote_artifact)
         if problems:
             raise TemplateInvalid(problems, f"{name} (for `orchestrate build`)")
@@ -70,9 +69,8 @@ class Engine:
     def build(self, template: m.ImageTemplate, name: str, template_text: str, template_path: str | None,
               progress: Progress = lambda s: None, force: bool = False,
               cancel: threading.Event | None = None) -> BuildResult:
-        template_dir = Path(template_path).parent if template_path else None
-        plan = self.plan(template, name, template_dir)  # refuses before a run is recorded
-        policy = HostPolicy.of(self.config, template_dir)
+        policy = HostPolicy.of(self.config, Path(template_path).parent if template_path else None)
+        plan = self.plan(template, name, policy)  # refuses before a run is recorded
         cancel = cancel or threading.Event()
         run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log")
         work = self.run_dir(run_id)
