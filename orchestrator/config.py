@@ -66,15 +66,8 @@ class Config:
     def pool_for(self, region: str, storage_account_type: str | None = None) -> str | None:
         """The storage pool of a replica: its storageAccountType's pool if [pools.storage] names
         one, else its region's ([pools.regions]), else [pools] default; None when there is none."""
-        account = (storage_account_type or "").strip().lower()
-        for name, pool in self.pool_storage:
-            if account and name == account:
-                return pool
-        wanted = (region or "").strip().lower()
-        for name, pool in self.pool_regions:
-            if name == wanted:
-                return pool
-        return self.pool_default
+        by_storage = dict(self.pool_storage).get((storage_account_type or "").strip().lower())
+        return by_storage or dict(self.pool_regions).get((region or "").strip().lower(), self.pool_default)
 
     @property
     def pool_directory(self) -> Path:
