@@ -10,7 +10,6 @@ from typing import Sequence
 
 from orchestrator import __version__
 from orchestrator.config import load_config
-from orchestrator.core.problems import Problem
 from orchestrator.errors import ExitCode, OrchestratorError, TemplateInvalid, UsageError
 
 INTERNAL_ERROR = 70
@@ -117,23 +116,14 @@ def _report_error(exc: OrchestratorError, want_json: bool) -> None:
             "kind": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exitCode": int(exc.exit_code),
             "problems": [p.as_dict() for p in problems]}, "warnings": [w.as_dict() for w in warnings]}, indent=2))
         return
+    from orchestrator.commands import print_problems
+
     print(f"error: {exc.message}", file=sys.stderr)
     print_problems(problems, indent="  ")
     if exc.hint:
         print(f"  hint: {exc.hint}", file=sys.stderr)
     print_problems(warnings)
 
-
-def print_problems(problems: Sequence[Problem], indent: str = "") -> None:
-    """Problems to stderr, each with its path and rule; a hint once, where it first applies.
-    Warnings and notes carry their severity in front, errors (under their heading) do not."""
-    hinted: set[str] = set()
-    for problem in problems:
-        label = "" if problem.is_error else f"{problem.severity}: "
-        print(f"{indent}{label}{problem.path}: {problem.message} [{problem.rule}]", file=sys.stderr)
-        if problem.hint and problem.hint not in hinted:
-            hinted.add(problem.hint)
-            print(f"{indent}    hint: {problem.hint}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

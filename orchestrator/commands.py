@@ -10,13 +10,14 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import urlsplit
 
 from orchestrator.config import Config, make_private_dir
 from orchestrator.core import model as m
 from orchestrator.core.document import is_trigger, load_document, load_trigger, parse_json
 from orchestrator.core.plan import ResolvedSource, make_plan
+from orchestrator.core.problems import Problem
 from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.errors import SourceNotFound, TemplateInvalid, UsageError
 
@@ -27,6 +28,18 @@ if TYPE_CHECKING:
 
 def emit(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+def print_problems(problems: Sequence[Problem], indent: str = "") -> None:
+    """Problems to stderr, each with its path and rule; a hint once, where it first applies.
+    Warnings and notes carry their severity in front, errors (under their heading) do not."""
+    hinted: set[str] = set()
+    for problem in problems:
+        label = "" if problem.is_error else f"{problem.severity}: "
+        print(f"{indent}{label}{problem.path}: {problem.message} [{problem.rule}]", file=sys.stderr)
+        if problem.hint and problem.hint not in hinted:
+            hinted.add(problem.hint)
+            print(f"{indent}    hint: {problem.hint}", file=sys.stderr)
 
 
 MAX_INPUT_BYTES = 4 * 1024 * 1024  # ARM's limit for a deployment template
@@ -90,8 +103,6 @@ def load(args: argparse.Namespace, config: Config) -> tuple[m.ImageTemplate, str
                              strict=getattr(args, "strict", False))
     name = getattr(args, "name", None) or template.name or Path(args.template).stem
     if template.warnings and not args.json:
-        from orchestrator.cli import print_problems
-
         print_problems(template.warnings)
     return template, name, text
 
@@ -152,14 +163,14 @@ def _plan_for_display(config: Config, template: m.ImageTemplate, name: str):
 
 
 def cmd_plan(args: argparse.Namespace, config: Config) -> int:
-    from orchestrator.engine import _shown_plan
+    from orchestrator.engine import shown_plan
     from orchestrator.effects.downloads import display_url
 
     template, name, _ = load(args, config)
     check_host_policy(config, template, args, name)
     plan = _plan_for_display(config, template, name)
     if args.json:
-        emit({**_shown_plan(plan),
+        emit({**shown_plan(plan),
               "warnings": [w.as_dict() for w in template.warnings]})
         return 0
     print(f"template {name} ({plan.os_type}, from {plan.os_type_reason})")

@@ -84,7 +84,7 @@ class Engine:
         vm: BuildVm | None = None
         try:
             write_atomic(work / "template.json", template_text)
-            write_atomic(work / "plan.json", json.dumps(_shown_plan(plan), indent=2))
+            write_atomic(work / "plan.json", json.dumps(shown_plan(plan), indent=2))
             for warning in template.warnings:  # what AIB would ignore or coerce, as validate said it
                 log.write("orchestrator", f"{warning.severity}: {warning.path}: {warning.message}")
             log.write("orchestrator", f"run {run_id}: {name}, source {plan.source.description}, "
@@ -190,7 +190,7 @@ class Engine:
         progress(what)
 
 
-def _shown_plan(plan: BuildPlan) -> dict[str, Any]:
+def shown_plan(plan: BuildPlan) -> dict[str, Any]:
     """The plan as files and output show it: download URLs without credentials or query."""
     data = plan.to_dict()
     for step in data["steps"]:

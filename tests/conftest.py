@@ -61,13 +61,21 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """Says nothing when a client gives up mid-response (a download over its size limit does,
+    on purpose); else the traceback lands in whichever test's captured stderr runs next."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """(directory, base URL) of a real HTTP server on 127.0.0.1 serving that directory."""
     root = tmp_path / "www"
     root.mkdir()
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = QuietHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import json
 import os
-import socketserver
 import sqlite3
 import stat
 import threading
@@ -30,6 +29,7 @@ from orchestrator.effects.sshkeys import make_key_pair
 from orchestrator.effects.state import StateStore
 from orchestrator.errors import Canceled, DownloadFailed, EnvironmentProblem, UsageError
 from orchestrator.pipeline.fetch import fetch_all
+from tests.conftest import QuietHTTPServer
 from tests.helpers import dumps, linux_template
 
 
@@ -265,7 +265,7 @@ class _Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
