@@ -10,7 +10,9 @@ from typing import Sequence
 
 from orchestrator import __version__
 from orchestrator.config import load_config
+from orchestrator.core.redact import scrub
 from orchestrator.errors import ExitCode, OrchestratorError, TemplateInvalid, UsageError
+from orchestrator.views import MODES
 
 INTERNAL_ERROR = 70
 
@@ -46,9 +48,38 @@ def build_parser() -> argparse.ArgumentParser:
     render = template_command("render", "print the Packer HCL for a template")
     render.add_argument("-o", "--output", metavar="DIR",
                         help="write build.pkr.hcl and every file it references into DIR")
-    build = template_command("build", "build a template to its distribution targets")
-    build.add_argument("--force", action="store_true", help="build even if an identical build already succeeded")
+    build = template_command("build", "build a template to its distribution targets (one-shot)")
     build.add_argument("--name", help="template name for state and outputs (default: the file name)")
+    run = sub.add_parser("run", help="build a stored template (`template create` stores one)",
+                         description="build a stored template (`template create` stores one)")
+    run.add_argument("name", help="stored template name")
+    run.add_argument("--json", action="store_true", help="machine-readable result (progress as JSON lines on stderr)")
+    for p in (build, run):
+        p.add_argument("--force", action="store_true", help="build even if an identical build already succeeded")
+        p.add_argument("--progress", choices=MODES, default=None,
+                       help="progress on stderr: live (a terminal's default), plain lines, json lines, none")
+
+    tmpl = sub.add_parser("template", help="stored templates: create, list, show, delete, show-runs").add_subparsers(
+        dest="template_command", metavar="ACTION", parser_class=_Parser)
+    tmpl.required = True
+    create = tmpl.add_parser("create", help="store a template (validated) under NAME")
+    create.add_argument("name")
+    create.add_argument("file", help="image template JSON (or an ARM deployment template holding one)")
+    create.add_argument("--parameters", metavar="FILE", help="ARM parameters file for a deployment template")
+    create.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="an ARM parameter value (repeatable; overrides --parameters)")
+    create.add_argument("--update", action="store_true", help="replace a stored template of that name")
+    create.add_argument("--strict", action="store_true", help="warnings are errors")
+    create.add_argument("--json", action="store_true")
+    for action, text in (("list", "list stored templates"), ("show", "a template's lastRunStatus and run outputs"),
+                         ("delete", "delete a template and its run records (never published images)"),
+                         ("show-runs", "list a template's runs")):
+        p = tmpl.add_parser(action, help=text)
+        if action != "list":
+            p.add_argument("name")
+        if action == "show-runs":
+            p.add_argument("--limit", type=int, default=50)
+        p.add_argument("--json", action="store_true")
 
     image = sub.add_parser("image", help="manage the local base image catalog").add_subparsers(
         dest="image_command", metavar="ACTION", parser_class=_Parser)
@@ -64,18 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("--template", help="only runs of this template name")
+    runs.add_argument("--limit", type=int, default=50)
     runs.add_argument("--json", action="store_true")
+    run_help = "a run id, or a template name for its latest run"
     status = sub.add_parser("status", help="show one run (lastRunStatus and run outputs)")
-    status.add_argument("run_id")
+    status.add_argument("run_id", metavar="RUN", help=run_help)
     status.add_argument("--json", action="store_true")
     output = sub.add_parser("output", help="show a run output by runOutputName (latest run of a template)")
     output.add_argument("template_name")
     output.add_argument("run_output_name")
     output.add_argument("--json", action="store_true")
-    cancel = sub.add_parser("cancel", help="cancel a running build")
-    cancel.add_argument("run_id")
+    cancel = sub.add_parser("cancel", help="cancel a run (queued or building)")
+    cancel.add_argument("run_id", metavar="RUN", help=run_help)
     logs = sub.add_parser("logs", help="print a run's customization.log")
-    logs.add_argument("run_id")
+    logs.add_argument("run_id", metavar="RUN", help=run_help)
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")
+    logs.add_argument("--console", action="store_true", help="the build VM's serial console instead")
+    for p in (status, cancel, logs):
+        p.add_argument("--template", help="the run must be this template's")
     from orchestrator import store_commands  # the image store's verbs live in their own module
 
     store_commands.add_parsers(sub)
@@ -111,26 +148,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report_error(exc: OrchestratorError, want_json: bool) -> None:
     problems = exc.problems if isinstance(exc, TemplateInvalid) else []
     warnings = exc.warnings if isinstance(exc, TemplateInvalid) else []
-    if want_json:
-        print(json.dumps({"ok": False, "error": {
+    if want_json:  # scrub: a problem may quote a signed URL as the template wrote it
+        print(scrub(json.dumps({"ok": False, "error": {
             "kind": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exitCode": int(exc.exit_code),
-            "problems": [p.as_dict() for p in problems]}, "warnings": [w.as_dict() for w in warnings]}, indent=2))
+            "problems": [p.as_dict() for p in problems]}, "warnings": [w.as_dict() for w in warnings]}, indent=2)))
         return
     from orchestrator.commands import print_problems
 
-    print(f"error: {exc.message}", file=sys.stderr)
+    print(f"error: {scrub(exc.message)}", file=sys.stderr)
     print_problems(problems, indent="  ")
     if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+        print(f"  hint: {scrub(exc.hint)}", file=sys.stderr)
     print_problems(warnings)
 
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from orchestrator import commands
+    from orchestrator import commands, run_commands
 
     config = load_config(args.home, args.config)
-    handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
+    verb = f"cmd_{args.command}"
+    handler = (getattr(args, "handler", None) or getattr(run_commands, verb, None) or getattr(commands, verb))
     return handler(args, config)
 
 

@@ -5,12 +5,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import stat
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from orchestrator.config import Config, make_private_dir
@@ -18,16 +16,15 @@ from orchestrator.core import model as m
 from orchestrator.core.document import is_trigger, load_document, load_trigger, parse_json
 from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.problems import Problem
+from orchestrator.core.redact import scrub
 from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.errors import SourceNotFound, TemplateInvalid, UsageError
-
-if TYPE_CHECKING:
-    from orchestrator.effects.state import StateStore
 
 
 
 def emit(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    # scrub: no credential or signature shape leaves in JSON output, whatever recorded it
+    print(scrub(json.dumps(data, indent=2, default=str)))
 
 
 def print_problems(problems: Sequence[Problem], indent: str = "") -> None:
@@ -36,7 +33,7 @@ def print_problems(problems: Sequence[Problem], indent: str = "") -> None:
     hinted: set[str] = set()
     for problem in problems:
         label = "" if problem.is_error else f"{problem.severity}: "
-        print(f"{indent}{label}{problem.path}: {problem.message} [{problem.rule}]", file=sys.stderr)
+        print(f"{indent}{label}{problem.path}: {scrub(problem.message)} [{problem.rule}]", file=sys.stderr)
         if problem.hint and problem.hint not in hinted:
             hinted.add(problem.hint)
             print(f"{indent}    hint: {problem.hint}", file=sys.stderr)
@@ -264,29 +261,10 @@ def _render_download_path(config: Config, position: int, url: str, sha256: str |
 
 
 def cmd_build(args: argparse.Namespace, config: Config) -> int:
-    from orchestrator.engine import Engine
+    from orchestrator.run_commands import run_template
 
     template, name, text = load(args, config)
-    engine = Engine(config)
-    started = time.monotonic()
-
-    def progress(what: str) -> None:
-        if not args.json:
-            print(f"[{time.monotonic() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
-
-    result = engine.build(template, name, text, str(Path(args.template).resolve()), progress, force=args.force)
-    if args.json:
-        emit({"ok": True, "warnings": [w.as_dict() for w in template.warnings],
-              "runId": result.run_id, "runState": result.run_state, "reusedRun": result.reused_run,
-              "log": str(result.log_path), "runOutputs": result.outputs})
-        return 0
-    print(f"run {result.run_id}: {result.run_state} in {time.monotonic() - started:.0f} s"
-          + (f" (reused run {result.reused_run})" if result.reused_run else ""))
-    for output in result.outputs:
-        props = output["properties"]
-        print(f"  {output['name']}: {props.get('path', props.get('artifactId'))}")
-    print(f"  log: {result.log_path}")
-    return 0
+    return run_template(args, config, template, name, text, str(Path(args.template).resolve()))
 
 
 def cmd_image(args: argparse.Namespace, config: Config) -> int:
@@ -308,111 +286,4 @@ def cmd_image(args: argparse.Namespace, config: Config) -> int:
     else:
         for r in records:
             print(f"{r.publisher}:{r.offer}:{r.sku}:{r.version}  {r.virtual_size // 2**20} MiB  {r.path}")
-    return 0
-
-
-def _store(config: Config):
-    from orchestrator.effects.state import StateStore
-
-    return StateStore(config.ensure().db_path)
-
-
-def _last_run_status(run: dict[str, Any]) -> dict[str, Any]:
-    def stamp(t: float | None) -> str | None:
-        return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-    return {"startTime": stamp(run["start_time"]), "endTime": stamp(run["end_time"]), "runState": run["run_state"],
-            "runSubState": run["run_sub_state"], "message": run["message"] or ""}
-
-
-def cmd_runs(args: argparse.Namespace, config: Config) -> int:
-    runs = _store(config).runs(args.template)
-    if args.json:
-        emit([{"id": r["id"], "templateName": r["template_name"], "lastRunStatus": _last_run_status(r)} for r in runs])
-    else:
-        for r in runs:
-            print(f"{r['id']}  {r['template_name']}  {r['run_state']}/{r['run_sub_state']}  {r['message'] or ''}")
-    return 0
-
-
-def _get_run(store: "StateStore", run_id: str) -> dict[str, Any]:
-    run = store.run(run_id)
-    if run is None:
-        raise UsageError(f"no run {run_id!r}", hint="`orchestrate runs` lists them")
-    return run
-
-
-def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    store = _store(config)
-    run = _get_run(store, args.run_id)
-    data = {"id": run["id"], "templateName": run["template_name"], "source": run["source"],
-            "resolvedVersion": run["resolved_version"], "buildDigest": run["build_digest"],
-            "log": run["log_path"], "lastRunStatus": _last_run_status(run),
-            "runOutputs": store.outputs(run["id"])}
-    if args.json:
-        emit(data)
-    else:
-        status = data["lastRunStatus"]
-        print(f"{run['id']} {run['template_name']}: {status['runState']} ({status['runSubState']}) {status['message']}")
-        for output in data["runOutputs"]:
-            print(f"  {output['name']}: {output['properties']['provisioningState']} {output['properties']['artifactUri'] or ''}")
-        print(f"  log: {run['log_path']}")
-    return 0
-
-
-def cmd_output(args: argparse.Namespace, config: Config) -> int:
-    output = _store(config).latest_output(args.template_name, args.run_output_name)
-    if output is None:
-        raise UsageError(f"no run output {args.run_output_name!r} for template {args.template_name!r}",
-                         hint="`orchestrate runs` lists the templates that ran")
-    if args.json:
-        emit(output)
-    else:
-        props = output["properties"]
-        print(f"{output['name']}: {props['provisioningState']} {props.get('artifactUri') or ''}")
-    return 0
-
-
-def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
-    """SIGTERM to the run's build process, identified by pid and start time (pids are reused):
-    a run whose process is gone is marked as ended, and nothing is signalled."""
-    from orchestrator.effects.proc import process_start_time, signal_process
-
-    store = _store(config)
-    run = _get_run(store, args.run_id)
-    pid, started = run["pid"], run.get("pid_start_time")
-    if run["run_state"] not in ("Running", "Canceling") or not pid:
-        raise UsageError(f"run {args.run_id} is not running ({run['run_state']})",
-                         hint="`orchestrate runs` shows the runs and their states")
-    if started is None and process_start_time(pid) is not None:
-        # recorded by an orchestrator that did not keep the process's identity
-        raise UsageError(f"run {args.run_id} did not record which process pid {pid} was; "
-                         "it may be another process now, so it is not signalled",
-                         hint=f"check `ps -o pid,lstart,args -p {pid}`; if it is the build, `kill {pid}`")
-    store.update_run(args.run_id, run_state="Canceling")
-    try:
-        signalled = started is not None and signal_process(pid, started, signal.SIGTERM)
-    except PermissionError:
-        store.update_run(args.run_id, run_state=run["run_state"])
-        raise UsageError(f"not allowed to signal the build process of run {args.run_id} (pid {pid})",
-                         hint="run `orchestrate cancel` as the user that started the build") from None
-    if not signalled:
-        # it ended without recording an end: killed, or the host rebooted
-        state = "Canceled" if run["run_state"] == "Canceling" else "Failed"
-        store.finish_run(args.run_id, state, f"the build process (pid {pid}) is gone: it ended without "
-                         "recording a result")
-        print(f"run {args.run_id}: its build process (pid {pid}) is gone; marked {state}, nothing was signalled")
-        return 0
-    print(f"cancel requested for {args.run_id}")
-    return 0
-
-
-def cmd_logs(args: argparse.Namespace, config: Config) -> int:
-    run = _get_run(_store(config), args.run_id)
-    try:
-        with open(run["log_path"], "rb") as log:
-            shutil.copyfileobj(log, sys.stdout.buffer)
-    except OSError as exc:
-        raise UsageError(f"cannot read the log of run {args.run_id} ({run['log_path']}): {exc.strerror}",
-                         hint="the run directory may have been removed") from None
     return 0

@@ -62,6 +62,10 @@ class Config:
     pool_storage: tuple[tuple[str, str], ...] = ()
     # URL prefix -> a local directory (absolute path) or a local http(s) URL serving the same tree
     mirrors: tuple[tuple[str, str], ...] = ()
+    # What concurrent runs may use of this host together ([capacity]); None: the host's CPUs
+    # and three quarters of its memory
+    capacity_cpus: int | None = None
+    capacity_memory_mib: int | None = None
 
     def pool_for(self, region: str, storage_account_type: str | None = None) -> str | None:
         """The storage pool of a replica: its storageAccountType's pool if [pools.storage] names
@@ -159,6 +163,7 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "libvirt": {"uri": ("libvirt_uri", "uri")},
     "pools": {"default": ("pool_default", "pool"), "dir": ("pools_dir", "dir"),
               "regions": ("pool_regions", "regions"), "storage": ("pool_storage", "regions")},
+    "capacity": {"cpus": ("capacity_cpus", "count"), "memory_mib": ("capacity_memory_mib", "count")},
     "mirrors": {},  # any URL prefix: read by _mirrors
 }
 
@@ -260,6 +265,10 @@ def _setting(file: Path, name: str, kind: str, value: Any) -> Any:
             raise bad("a table of region = \"pool\"")
         return tuple((region.strip().lower(), _setting(file, f"{name}.{region}", "pool", pool))
                      for region, pool in value.items())
+    if kind == "count":
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise bad("a positive whole number")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise bad("a positive number")
     return int(value * MIB) if kind == "mib" else float(value)

@@ -1,42 +1,47 @@
-"""Walks one build: plan -> fetch -> (reuse?) -> build -> distribute, recording every step.
+"""Walks one run: record -> queue -> fetch -> (reuse?) -> build -> distribute -> end.
 
-A short sequencer: each phase lives in its own module (pipeline/fetch.py, pipeline/build.py,
-distribute/). The engine raises OrchestratorError subclasses and reports progress through a
-callback; printing and exit codes belong to the CLI.
+A short sequencer: each phase lives in its own module (pipeline/, distribute/), the run state
+machine and the queue in service/. The engine raises OrchestratorError subclasses and reports
+progress through a Reporter; printing and exit codes belong to the fronts.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from orchestrator.config import Config
 from orchestrator.core import model as m
 from orchestrator.core.buildable import build_problems
 from orchestrator.core.plan import BuildPlan, make_plan
+from orchestrator.core.redact import Redactor
 from orchestrator.distribute import DistributeJob, distributor_for
 from orchestrator.effects.accel import choose_accelerator
 from orchestrator.effects.catalog import Catalog
 from orchestrator.effects.downloads import DownloadCache, display_url
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.hostpolicy import HostPolicy, template_problems
-from orchestrator.effects.proc import process_start_time
+from orchestrator.effects.proc import RUN_ENV, Stop, process_start_time
 from orchestrator.effects.runlog import RunLog
 from orchestrator.effects.state import StateStore
-from orchestrator.errors import Canceled, OrchestratorError, TemplateInvalid
+from orchestrator.errors import BuildTimeout, Canceled, OrchestratorError, TemplateInvalid
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
+from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
+from orchestrator.pipeline.sizing import capacity, demand, fit_to_host
 from orchestrator.pipeline.sources import resolve as resolve_source
+from orchestrator.pipeline.staging import Staging
 from orchestrator.pipeline.store_phase import prepare as prepare_store
-
-Progress = Callable[[str], None]
+from orchestrator.service.progress import Reporter
+from orchestrator.service.queue import Admission, LocalAdmission
+from orchestrator.service.recovery import recover
+from orchestrator.service.runs import Runs
 
 
 @dataclass
@@ -46,14 +51,20 @@ class BuildResult:
     outputs: list[dict[str, Any]]
     log_path: Path
     reused_run: str | None = None
+    message: str = ""
 
 
 class Engine:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, admission: Admission | None = None) -> None:
         self.config = config.ensure()
         self.state = StateStore(config.db_path)
+        self.runs = Runs(self.state)
         self.catalog = Catalog(self.state, config.images_dir)
         self.cache = DownloadCache(config.cache_dir)
+        self.admission = admission or LocalAdmission(self.state, capacity(config), reap=self.recover)
+
+    def recover(self) -> list[str]:
+        return recover(self.config, self.state)
 
     def run_dir(self, run_id: str) -> Path:
         return self.config.runs_dir / run_id
@@ -67,99 +78,150 @@ class Engine:
         return make_plan(template, resolve_source(template.source, self.config, self.state, template.location), name)
 
     def build(self, template: m.ImageTemplate, name: str, template_text: str, template_path: str | None,
-              progress: Progress = lambda s: None, force: bool = False,
-              cancel: threading.Event | None = None) -> BuildResult:
+              progress: Reporter | Callable[[str], None] | None = None, force: bool = False,
+              cancel: Stop | None = None, template_sha256: str | None = None) -> BuildResult:
         policy = HostPolicy.of(self.config, Path(template_path).parent if template_path else None)
         plan = self.plan(template, name, policy)  # refuses before a run is recorded
-        cancel = cancel or threading.Event()
-        run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log")
-        work = self.run_dir(run_id)
-        work.mkdir(mode=0o700, parents=True)
-        log = RunLog(work / "customization.log")
-        self.state.update_run(run_id, pid=os.getpid(), pid_start_time=process_start_time(os.getpid()),
-                              source=plan.source.description,
-                              resolved_version=plan.source.resolved_version)
+        stop = cancel or Stop()
+        reporter = progress if isinstance(progress, Reporter) else _text_reporter(progress)
+        redact = reporter.redact = Redactor.of(template.secrets)
+        self.recover()  # runs that died give back their share of the host first
+        run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log",
+                                      pid=os.getpid(), pid_start_time=process_start_time(os.getpid()),
+                                      template_sha256=template_sha256)
+        reporter.run_id = run_id
+        records = self.run_dir(run_id)
+        records.mkdir(mode=0o700, parents=True)
+        log = RunLog(records / "customization.log", redact, listener=reporter.line)
+        run = _Run(run_id, plan, log, reporter, stop, records)
+        outcome: tuple[str, str] = ("fail", "internal error")
+        with _run_environment(run_id), _cancel_handlers(stop):
+            try:
+                result = self._walk(run, template, template_text, policy, force)
+                outcome = (result.run_state, result.message)
+                return result
+            except OrchestratorError as exc:
+                error = _as_stop(exc, stop, run.phase)
+                error.message, error.hint = redact(error.message), error.hint and redact(error.hint)
+                outcome = ("canceled" if isinstance(error, Canceled) else "fail", error.message)
+                log.write("orchestrator", f"{'Canceled' if isinstance(error, Canceled) else 'Failed'}: {error.message}")
+                if error is exc:
+                    raise
+                raise error from None
+            except BaseException as exc:
+                outcome = ("fail", redact(f"internal error: {exc!r}"))
+                log.write("orchestrator", outcome[1])
+                raise
+            finally:
+                self._finish(run, outcome)
+
+    def _walk(self, run: "_Run", template: m.ImageTemplate, template_text: str, policy: HostPolicy,
+              force: bool) -> BuildResult:
+        plan, log, stop, redact = run.plan, run.log, run.stop, run.reporter.redact
+        self.state.update_run(run.id, source=plan.source.description, resolved_version=plan.source.resolved_version,
+                              console_path=str(run.records / "console.log"))
+        write_atomic(run.records / "template.json", redact(template_text))
+        write_atomic(run.records / "plan.json", json.dumps(redact.data(shown_plan(plan)), indent=2))
+        for warning in template.warnings:  # what AIB would ignore or coerce, as validate said it
+            log.write("orchestrator", f"{warning.severity}: {warning.path}: {warning.message}")
+        plan = run.plan = fit_to_host(plan, log)
+        log.write("orchestrator", f"run {run.id}: {plan.name}, source {plan.source.description}, "
+                  f"{plan.cpus} vCPU / {plan.memory_mib} MiB ({plan.vm_size}), disk {plan.disk_size_mib} MiB, "
+                  f"timeout {plan.timeout_minutes} min")
+
+        def waiting(why: str) -> None:
+            log.write("orchestrator", why)
+            run.reporter.phase("Queued", why)
+
+        self.admission.admit(run.id, demand(plan), stop, waiting)
+        # buildTimeoutInMinutes counts from admission: downloads, build and distribution
         deadline = time.monotonic() + plan.timeout_minutes * 60
-        restore = _install_cancel_handlers(cancel)
-        vm: BuildVm | None = None
-        try:
-            write_atomic(work / "template.json", template_text)
-            write_atomic(work / "plan.json", json.dumps(shown_plan(plan), indent=2))
-            for warning in template.warnings:  # what AIB would ignore or coerce, as validate said it
-                log.write("orchestrator", f"{warning.severity}: {warning.path}: {warning.message}")
-            log.write("orchestrator", f"run {run_id}: {name}, source {plan.source.description}, "
-                      f"{plan.cpus} vCPU / {plan.memory_mib} MiB ({plan.vm_size}), disk {plan.disk_size_mib} MiB, "
-                      f"timeout {plan.timeout_minutes} min")
-            self._sub_state(run_id, "Building", progress, "fetching customizer files")
-            fetched = fetch_all(plan, self.cache, self.config, policy, log, cancel, deadline)
-            digest = plan.digest(fetched.digests)
-            self.state.update_run(run_id, build_digest=digest)
-            reused = None if force else self._reuse(plan, run_id, digest, log, progress)
-            if reused:
-                return reused
-            prepare_store(self.config, self.state, template, plan, run_id, work / "packer-output" / "disk.qcow2",
-                          log, progress, cancel, self.state.wrote_artifact)  # pools, uses, checks: before boot
+        run.timer = threading.Timer(plan.timeout_minutes * 60, stop.request, args=("timeout",))
+        run.timer.daemon = True
+        run.timer.start()
+        run.staging = Staging.create(self.config, run.id)
+        self.state.update_run(run.id, staging_dir=str(run.staging.root), temp_dir=str(run.staging.temp),
+                              admitted_at=time.time())
+        self._phase(run, "Building", "fetching customizer files", "fetching files")
+        fetched = fetch_all(plan, self.cache, self.config, policy, log, stop, deadline)
+        digest = plan.digest(fetched.digests)
+        self.state.update_run(run.id, build_digest=digest)
+        reused = None if force else self._reuse(plan, run.id, digest, log, run.reporter)
+        if reused:
+            return reused
+        disk = run.staging.packer_output / "disk.qcow2"
+        run.phase = "preparing the image store"
+        prepare_store(self.config, self.state, template, plan, run.id, disk, log, run.reporter, stop,
+                      self.state.wrote_artifact)  # pools, uses, checks: before boot
+        accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
+                                        Path(plan.source.path), self.config.qemu_system)
+        log.write("orchestrator", f"accelerator: {accel} ({why})")
+        rendered, run.vm = render_build(plan, run.staging.root, run.id, accel, fetched.paths, self.config.vnc,
+                                        console_log=run.records / "console.log")
+        self._phase(run, "Building", f"booting the build VM ({accel})", "booting the build VM")
+        run_build(plan, self.config, run.staging.root, rendered, run.vm, log, deadline, stop,
+                  self._step_reporter(run, rendered), temp=run.staging.temp)
+        self._phase(run, "Distributing", "distributing", "distributing")
+        done = distribute_all(lambda target: DistributeJob(
+            self.config, self.state, plan, target, run.id, run.vm.disk, log, run.reporter, stop,
+            self.state.wrote_artifact), plan, stop)
+        event, message = done.outcome(plan)
+        state = "Succeeded" if event == "succeed" else "PartiallySucceeded"
+        log.write("orchestrator", state + (f": {message}" if message else ""))
+        return BuildResult(run.id, state, self.state.outputs(run.id), log.path, message=message)
 
-            accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
-                                            Path(plan.source.path), self.config.qemu_system)
-            log.write("orchestrator", f"accelerator: {accel} ({why})")
-            plan = fit_to_host(plan, log)
-            rendered, vm = render_build(plan, work, run_id, accel, fetched.paths, self.config.vnc)
-            self._sub_state(run_id, "Building", progress, f"booting the build VM ({accel})")
-            run_build(plan, self.config, work, rendered, vm, log, deadline, cancel,
-                      self._step_reporter(run_id, progress, rendered))
+    def _finish(self, run: "_Run", outcome: tuple[str, str]) -> None:
+        """Cleans up before the run is marked ended: a crash in between leaves an active run
+        whose staging recovery still knows."""
+        if run.timer is not None:
+            run.timer.cancel()
+        if run.vm is not None:
+            run.vm.discard_key()
+            if run.vm.kept and run.staging is not None:
+                run.staging.kept = True
+                run.log.write("orchestrator", f"errorHandling abort: the build VM's disk and SSH key stay in "
+                              f"{run.staging.root} (remove it when done)")
+        if run.staging is not None:
+            run.staging.remove()
+        event, message = outcome
+        event = {"Succeeded": "succeed", "PartiallySucceeded": "partial"}.get(event, event)
+        if event in ("fail", "canceled"):
+            kind = "Canceled" if event == "canceled" else "Failed"
+            recorded = {o["name"] for o in self.state.outputs(run.id)}
+            for target in run.plan.targets:
+                if target.run_output_name not in recorded:
+                    self.state.set_output(run.id, target.run_output_name, target.kind, kind)
+        self.runs.end(run.id, event, message)
+        self.admission.release(run.id)
+        run.log.close()
 
-            self._sub_state(run_id, "Distributing", progress, "distributing")
-            for target in plan.targets:
-                if cancel.is_set():
-                    raise Canceled("the build was canceled while distributing")
-                distributor_for(target.kind).distribute(DistributeJob(
-                    self.config, self.state, plan, target, run_id, vm.disk, log, progress, cancel,
-                    self.state.wrote_artifact))
-            shutil.rmtree(work / "packer-output", ignore_errors=True)
-            self.state.finish_run(run_id, "Succeeded", "")
-            log.write("orchestrator", "Succeeded")
-            return BuildResult(run_id, "Succeeded", self.state.outputs(run_id), log.path)
-        except OrchestratorError as exc:
-            state = "Canceled" if isinstance(exc, Canceled) else "Failed"
-            log.write("orchestrator", f"{state}: {exc.message}")
-            self.state.finish_run(run_id, state, exc.message)
-            for target in plan.targets:
-                if not any(o["name"] == target.run_output_name for o in self.state.outputs(run_id)):
-                    self.state.set_output(run_id, target.run_output_name, target.kind, state)
-            raise
-        except BaseException as exc:
-            self.state.finish_run(run_id, "Failed", f"internal error: {exc!r}")
-            log.write("orchestrator", f"internal error: {exc!r}")
-            raise
-        finally:
-            if vm is not None:
-                vm.discard_key()
-                if vm.kept:
-                    log.write("orchestrator", f"the run's SSH key is kept with the build VM's disk: {vm.key}")
-            restore()
-            log.close()
+    def _phase(self, run: "_Run", sub_state: str, what: str, phase: str) -> None:
+        run.phase = phase
+        self.runs.sub_state(run.id, sub_state)
+        run.reporter.phase(sub_state, what)
 
-    def _step_reporter(self, run_id: str, progress: Progress, rendered) -> Callable[[str], None]:
+    def _step_reporter(self, run: "_Run", rendered) -> Callable[[str], None]:
         customizers = [b.source for b in rendered.provisioners if b.source.startswith("customizer:")]
         order = list(dict.fromkeys(customizers))
 
         def on_source(source: str) -> None:
-            if source.startswith("customizer:"):
-                position = order.index(source) + 1
-                self._sub_state(run_id, "Customizing", progress,
-                                f"customizer {source.split(':', 1)[1]!r} ({position}/{len(order)})")
-            elif source.startswith("validation:"):
-                self._sub_state(run_id, "Validating", progress, f"validation {source.split(':', 1)[1]!r}")
+            kind, _, name = source.partition(":")
+            if kind == "customizer":
+                self._phase(run, "Customizing", f"customizer {name!r} ({order.index(source) + 1}/{len(order)})",
+                            f"customizer {name!r}")
+                run.reporter.step(order.index(source) + 1, len(order), name)
+            elif kind == "validation":
+                self._phase(run, "Validating", f"validation {name!r}", f"validation {name!r}")
             elif source == "generalize":
-                self._sub_state(run_id, "Customizing", progress, "generalizing (deprovision)")
+                self._phase(run, "Customizing", "generalizing (deprovision)", "generalizing")
             elif source == "shutdown":
-                progress("shutting down the build VM")
+                run.phase = "shutting down the build VM"
+                run.reporter.note("shutting down the build VM")
 
         return on_source
 
     def _reuse(self, plan: BuildPlan, run_id: str, digest: str, log: RunLog,
-               progress: Progress) -> BuildResult | None:
+               progress: Reporter) -> BuildResult | None:
         """An earlier run with the same digest, if each of its artifacts is still what it recorded."""
         previous = self.state.last_success(plan.name, digest)
         if previous is None:
@@ -182,12 +244,24 @@ class Engine:
         note = f"up to date: nothing changed since run {previous['id']}; its outputs are reused (--force rebuilds)"
         log.write("orchestrator", note)
         progress(note)
-        self.state.finish_run(run_id, "Succeeded", note)
-        return BuildResult(run_id, "Succeeded", self.state.outputs(run_id), log.path, reused_run=previous["id"])
+        return BuildResult(run_id, "Succeeded", self.state.outputs(run_id), log.path, reused_run=previous["id"],
+                           message=note)
 
-    def _sub_state(self, run_id: str, sub_state: str, progress: Progress, what: str) -> None:
-        self.state.update_run(run_id, run_sub_state=sub_state)
-        progress(what)
+
+@dataclass
+class _Run:
+    """The mutable state of one run while it runs (the plan and template stay frozen)."""
+
+    id: str
+    plan: BuildPlan
+    log: RunLog
+    reporter: Reporter
+    stop: Stop
+    records: Path
+    phase: str = "queued"  # what the run was doing, as a cancel or timeout message says
+    staging: Staging | None = None
+    vm: BuildVm | None = None
+    timer: threading.Timer | None = None
 
 
 def shown_plan(plan: BuildPlan) -> dict[str, Any]:
@@ -199,41 +273,48 @@ def shown_plan(plan: BuildPlan) -> dict[str, Any]:
     return data
 
 
-def host_resources() -> tuple[int, int]:
-    """(CPUs, MiB of memory) this host can give a build VM."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return cpus, memory
+def _text_reporter(progress: Callable[[str], None] | None) -> Reporter:
+    if progress is None:
+        return Reporter()
+    return Reporter(lambda event: progress(event.what) if event.kind in ("phase", "note") else None)
 
 
-def fit_to_host(plan: BuildPlan, log: RunLog) -> BuildPlan:
-    """An Azure size may ask for more than this host has: QEMU would fail or crawl. The VM gets
-    at most the host's CPUs and three quarters of its memory; the build's identity (digest)
-    stays that of the template."""
-    host_cpus, host_memory = host_resources()
-    cpus = min(plan.cpus, host_cpus)
-    memory = min(plan.memory_mib, host_memory * 3 // 4)
-    if (cpus, memory) == (plan.cpus, plan.memory_mib):
-        return plan
-    log.write("orchestrator", f"{plan.vm_size} asks for {plan.cpus} vCPU / {plan.memory_mib} MiB; this host has "
-              f"{host_cpus} CPUs / {host_memory} MiB: the build VM gets {cpus} vCPU / {memory} MiB")
-    return dataclasses.replace(plan, cpus=cpus, memory_mib=memory)
+def _as_stop(exc: OrchestratorError, stop: Stop, phase: str) -> OrchestratorError:
+    """A step that failed because the run was stopped (a killed qemu-img, say) failed by the stop."""
+    if not stop.is_set() or isinstance(exc, (Canceled, BuildTimeout)):
+        return exc
+    try:
+        stopped(stop, phase)
+    except OrchestratorError as error:
+        return error
+    return exc
 
 
-def _install_cancel_handlers(cancel: threading.Event) -> Callable[[], None]:
-    """SIGTERM (orchestrate cancel) and SIGINT (Ctrl-C) stop the build cleanly."""
+@contextmanager
+def _run_environment(run_id: str) -> Iterator[None]:
+    """Every process the run starts inherits its id (recovery finds orphans by it)."""
+    before = os.environ.get(RUN_ENV)
+    os.environ[RUN_ENV] = run_id
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_ENV, None)
+        else:
+            os.environ[RUN_ENV] = before
+
+
+@contextmanager
+def _cancel_handlers(stop: Stop) -> Iterator[None]:
+    """SIGTERM (orchestrate cancel) and SIGINT (Ctrl-C) stop the run cleanly."""
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+        yield
+        return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: object) -> None:
-        cancel.set()
-
     for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
+        signal.signal(sig, lambda signum, frame: stop.request("cancel"))
+    try:
+        yield
+    finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-    return restore

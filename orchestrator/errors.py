@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     CUSTOMIZER_FAILED = 4
     TIMEOUT = 5
     ENVIRONMENT = 6  # missing tool, base image not imported, data home unusable
+    PARTIALLY_SUCCEEDED = 7  # some distribution targets were written, others failed
     CANCELED = 130
 
 

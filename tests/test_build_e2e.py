@@ -82,10 +82,10 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     def progress(what: str) -> None:
         seen.append(what)
         if what.startswith("customizer 'inlineStep'"):  # the VM is up: inspect its sockets and files
-            for pid in qemu_pids(str(imported_home.runs_dir)):
+            for pid in qemu_pids(str(imported_home.home / "staging")):
                 listening[pid] = _listening_addresses(pid)
                 while_running["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            [key] = imported_home.runs_dir.glob("*/id_ed25519")
+            [key] = (imported_home.home / "staging").glob("*/id_ed25519")
             while_running["key_mode"] = stat.S_IMODE(key.stat().st_mode)
 
     result = engine.build(template, "e2e", text, None, progress)
@@ -130,7 +130,7 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     assert "[customizer:scriptStep]" in log and "[customizer:fileStep]" in log
     assert "[orchestrator] generalize: running default: /usr/sbin/waagent -force -deprovision+user" in log
     assert "sha256 verified" in log
-    assert qemu_pids(str(imported_home.runs_dir)) == []
+    assert qemu_pids(str(imported_home.home / "staging")) == []
 
     # Nothing changed: the second build reuses the first one's VHD without booting a VM.
     again = engine.build(load_document(text, "e2e"), "e2e", text, None)
@@ -186,7 +186,7 @@ def test_failing_customizer_names_itself_and_abort_keeps_the_disk(tmp_path, impo
     assert "[customizer:breakMe]" in log and "about to fail" in log
     assert "never-runs" not in log.replace("echo never-runs", "")
     assert not list(imported_home.artifacts_dir.rglob("*.vhd"))
-    assert qemu_pids(str(imported_home.runs_dir)) == []
+    assert qemu_pids(str(imported_home.home / "staging")) == []
     kept = Path(run["log_path"]).parent / "packer-output" / "disk.qcow2"
     assert f"disk is kept at {kept}" in result.stderr
     key = Path(run["log_path"]).parent / "id_ed25519"  # kept with the disk, and said
@@ -208,7 +208,7 @@ def test_timeout_kills_the_build_and_leaves_no_qemu(tmp_path, imported_home):
     assert "timed out after buildTimeoutInMinutes (1 min)" in result.stderr
     assert "context deadline exceeded" in result.stderr
     assert elapsed < 60 + 45, elapsed
-    assert qemu_pids(str(imported_home.runs_dir)) == []
+    assert qemu_pids(str(imported_home.home / "staging")) == []
     [run] = StateStore(imported_home.db_path).runs()
     assert run["run_state"] == "Failed"
 
@@ -258,5 +258,5 @@ def test_cancel_stops_a_running_build(tmp_path, imported_home):
     assert "canceled during customizer 'slow'" in rest
     [run] = StateStore(imported_home.db_path).runs()
     assert run["run_state"] == "Canceled" and run["end_time"] is not None
-    assert qemu_pids(str(imported_home.runs_dir)) == []
+    assert qemu_pids(str(imported_home.home / "staging")) == []
     assert not list(imported_home.artifacts_dir.rglob("*.vhd"))

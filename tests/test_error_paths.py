@@ -301,11 +301,15 @@ def test_cancel_never_signals_a_process_that_reused_the_pid(config, home, sleepe
 
     run_id = _running(config, sleeper.pid, process_start_time(sleeper.pid) - 1)  # the run's process started earlier
     result = orchestrate("cancel", run_id, home=home)
-    assert result.returncode == 0
-    assert f"its build process (pid {sleeper.pid}) is gone; marked Failed, nothing was signalled" in result.stdout
+    # the command recovers the dead run first (it is Failed then), and says the cancel came too late
+    assert result.returncode == ExitCode.INVALID_INPUT
+    assert f"recovered: run {run_id} (t): Failed, the orchestrate process of this run (pid {sleeper.pid}) " \
+           "ended without recording a result" in result.stderr
+    assert f"run {run_id} has already ended (Failed)" in result.stderr
     assert sleeper.poll() is None
     row = _run_row(config, run_id)
-    assert row["run_state"] == "Failed" and "is gone" in row["message"] and row["pid"] is None
+    assert row["run_state"] == "Failed" and "ended without recording a result" in row["message"]
+    assert row["pid"] is None
 
 
 def test_cancel_of_a_canceling_run_whose_process_is_gone_marks_it_canceled(config, home):
@@ -313,7 +317,7 @@ def test_cancel_of_a_canceling_run_whose_process_is_gone_marks_it_canceled(confi
     gone.wait()
     run_id = _running(config, gone.pid, 12345, state="Canceling")
     result = orchestrate("cancel", run_id, home=home)
-    assert result.returncode == 0 and "marked Canceled" in result.stdout
+    assert result.returncode == ExitCode.INVALID_INPUT and "has already ended (Canceled)" in result.stderr
     assert _run_row(config, run_id)["run_state"] == "Canceled"
 
 

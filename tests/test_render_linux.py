@@ -199,7 +199,7 @@ def test_escaping_sample_reaches_its_scripts_byte_exact(tmp_path):
 
 
 def test_large_vm_sizes_are_fitted_to_the_host(tmp_path, monkeypatch):
-    from orchestrator import engine
+    from orchestrator.pipeline import sizing as engine
     from orchestrator.effects.runlog import RunLog
 
     plan, _, _ = _render(tmp_path, linux_template(vmProfile={"vmSize": "Standard_D16s_v3"}))
@@ -220,7 +220,7 @@ def test_large_vm_sizes_are_fitted_to_the_host(tmp_path, monkeypatch):
 
 
 def test_this_host_is_measured():
-    from orchestrator.engine import host_resources
+    from orchestrator.pipeline.sizing import host_resources
 
     cpus, memory = host_resources()
     assert cpus == int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)

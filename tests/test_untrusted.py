@@ -495,7 +495,8 @@ def test_a_locked_state_database_is_a_clear_host_error(home):
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(EnvironmentProblem) as err:
-            StateStore(config.db_path, lock_timeout=0.2).runs()
+            # WAL: readers read on; a writer waits for the lock, then says so
+            StateStore(config.db_path, lock_timeout=0.2).start_run("t", None, lambda rid: home / "log")
     finally:
         holder.close()
     assert str(config.db_path) in err.value.message and "locked" in err.value.message

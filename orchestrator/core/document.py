@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.core import model as m
 from orchestrator.core.jsonc import UnclosedComment, strip_comments
 from orchestrator.core.problems import Problem, errors_of
+from orchestrator.core.redact import secure_parameter_values, url_secrets
 from orchestrator.core.reader import ObjectReader
 from orchestrator.core.template import find_placeholders, load_template
 from orchestrator.errors import TemplateInvalid
@@ -80,6 +81,7 @@ def load_document(text: str, source: str, parameters: dict[str, Any] | None = No
     turns what AIB would ignore or coerce (warnings) into errors."""
     data = parse_json(text, source)
     at = "$"  # where the image template sits in the file: its problems' paths start there
+    secrets = secure_parameter_values(data, parameters or {}) + url_secrets(data)
     if isinstance(data, dict) and _is_arm_deployment(data):
         from orchestrator.core.arm import expand_deployment_at
 
@@ -94,7 +96,9 @@ def load_document(text: str, source: str, parameters: dict[str, Any] | None = No
         if at == "$":
             raise
         raise TemplateInvalid(rebased(exc.problems + exc.warnings, at), source) from None
-    return dataclasses.replace(template, warnings=tuple(rebased(list(template.warnings), at)))
+    secrets += url_secrets(data)  # the expanded template: URLs put together by expressions
+    return dataclasses.replace(template, warnings=tuple(rebased(list(template.warnings), at)),
+                               secrets=tuple(dict.fromkeys(secrets)))
 
 
 def rebased(problems: list[Problem], at: str) -> list[Problem]:

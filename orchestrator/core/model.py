@@ -210,6 +210,9 @@ class ImageTemplate:
     os_type: str = "Linux"  # "Linux" or "Windows", inferred from source and customizers
     os_type_reason: str = ""  # what the OS was inferred from, as `plan` says it
     warnings: tuple[Problem, ...] = ()  # what AIB would ignore or coerce, and notes; never errors
+    # values that must never be shown or written outside the build (secure parameters, URL
+    # credentials and query strings): see core/redact.py
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)

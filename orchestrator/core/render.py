@@ -43,6 +43,7 @@ class RenderContext:
     downloads: dict[str, str] = field(default_factory=dict)  # url -> cached local path
     headless: bool = True
     vnc: bool = False  # the build VM's VNC console: off, or on 127.0.0.1 with a per-run password
+    console_log: str | None = None  # the build VM's serial console; default: serial.log in work_dir
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
     hcl = _environment().get_template("linux.pkr.hcl.j2").render(
         plan=plan, ctx=ctx, provisioners=blocks, seed_files=seed, build_user=BUILD_USER,
         shutdown_command=f"sudo /bin/sh {FINALIZE_SCRIPT}",
-        serial_log=_host_path(str(work / "serial.log")),
+        serial_log=_host_path(ctx.console_log or str(work / "serial.log")),
         hcl_string=hcl_string,
     )
     return RenderedBuild(hcl, files, tuple(blocks))

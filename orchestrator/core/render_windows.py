@@ -206,7 +206,7 @@ def render_windows(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         seed_label=SEED_LABEL, seed_password_name=SEED_PASSWORD_NAME,
         shutdown_command=f"cmd /c {FINALIZE_SCRIPT}",
         winrm_guest_port=WINRM_GUEST_PORT,
-        serial_log=_host_path(str(work / "serial.log")),
+        serial_log=_host_path(ctx.console_log or str(work / "serial.log")),
     )
     return RenderedBuild(hcl, files, tuple(block for block, _ in entries))
 

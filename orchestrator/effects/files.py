@@ -63,9 +63,10 @@ PRIVATE_FILE = 0o600
 _PART = ".part-"
 
 
-def temp_name(final: Path) -> Path:
-    """A sibling name for writing `final`, renamed into place when complete."""
-    return final.with_name(f".{final.name}{_PART}{os.getpid()}")
+def temp_name(final: Path, pid: int | None = None) -> Path:
+    """A sibling name for writing `final`, renamed into place when complete; it names the
+    writing process (`pid`, default this one), so a dead writer's leftover is known."""
+    return final.with_name(f".{final.name}{_PART}{pid or os.getpid()}")
 
 
 def open_private(path: Path, mode: int = PRIVATE_FILE) -> int:

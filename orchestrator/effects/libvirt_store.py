@@ -96,8 +96,13 @@ class LibvirtStore:
             try:
                 pool.create(0)
             except libvirt.libvirtError as exc:
+                if pool.isActive():  # another run started it meanwhile
+                    return self._checked(name, pool)
                 raise self._fail(f"start storage pool {name!r}", exc,
                                  hint=f"virsh -c {self.uri} pool-start {name}") from None
+        return self._checked(name, pool)
+
+    def _checked(self, name: str, pool):
         kind = ElementTree.fromstring(pool.XMLDesc(0)).get("type")
         if kind not in DIR_POOL_TYPES:
             raise StoreError(f"storage pool {name!r} is of type {kind!r}: the image store needs a directory pool",
@@ -111,12 +116,21 @@ class LibvirtStore:
         try:
             pool = self.conn.storagePoolDefineXML(xml, 0)
             pool.build(self._libvirt.VIR_STORAGE_POOL_BUILD_NEW if not path.exists() else 0)
-            pool.create(0)
+            if not pool.isActive():
+                pool.create(0)
             pool.setAutostart(1)
         except self._libvirt.libvirtError as exc:
+            if self._active(name):  # another run created and started it meanwhile
+                return self.conn.storagePoolLookupByName(name)
             raise self._fail(f"create storage pool {name!r} in {path}", exc,
                              hint="check that the directory can be created, or create the pool yourself") from None
         return pool
+
+    def _active(self, name: str) -> bool:
+        try:
+            return bool(self.conn.storagePoolLookupByName(name).isActive())
+        except self._libvirt.libvirtError:
+            return False
 
     def pool_dir(self, pool) -> Path:
         return Path(ElementTree.fromstring(pool.XMLDesc(0)).findtext("target/path") or "")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from orchestrator.core.render import ProvisionerBlock
-from orchestrator.effects.proc import line_queue
+from orchestrator.effects.proc import alive, line_queue
 from orchestrator.effects.runlog import RunLog
 from orchestrator.errors import EnvironmentProblem
 
@@ -91,8 +91,9 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
     stopped_phase: str | None = None
     while True:
         if stopping_since is None and (time.monotonic() >= deadline or cancel.is_set()):
-            result.timed_out = not cancel.is_set()
-            result.canceled = cancel.is_set()
+            # the run's deadline (set by the engine's timer, or reached here first) or a cancel
+            result.timed_out = not cancel.is_set() or getattr(cancel, "timed_out", False)
+            result.canceled = not result.timed_out
             reason = "build timeout reached" if result.timed_out else "cancel requested"
             log.write("orchestrator", f"{reason} during {tracker.phase}: stopping Packer (it cleans up the build VM)")
             # What was interrupted is the step running now: once interrupted, Packer may still
@@ -172,7 +173,7 @@ def kill_leftover_qemu(marker: str, patience: float = 60.0) -> int:
     killed: set[int] = set()
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
-        pids = [pid for pid in qemu_pids(marker) if _alive(pid)]
+        pids = [pid for pid in qemu_pids(marker) if alive(pid)]
         if not pids:
             break
         for pid in pids:
@@ -183,11 +184,3 @@ def kill_leftover_qemu(marker: str, patience: float = 60.0) -> int:
         killed.update(pids)
         time.sleep(0.05)  # not ours to wait() on: QEMU is Packer's child
     return len(killed)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")

@@ -14,20 +14,110 @@ from orchestrator.errors import BuildFailed, EnvironmentProblem
 SETUP_HINT = "run scripts/setup-host.sh (as root) to install Packer, QEMU and the other host tools"
 
 
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.RLock()  # reentrant: Stop.request runs in a signal handler too
+RUN_ENV = "ORCHESTRATOR_RUN"  # every process a run starts carries its id: recovery finds them by it
+
+
 def run(argv: Sequence[str], what: str, timeout: float | None = 600,
         check: bool = True) -> subprocess.CompletedProcess[str]:
     """Runs a host tool; a missing tool or a timeout raises. A non-zero exit raises BuildFailed,
-    unless `check` is false: then the caller judges the result (see `output_tail`)."""
+    unless `check` is false: then the caller judges the result (see `output_tail`). A stopped
+    run (Stop.request) kills the tools it is running."""
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL,
                                 umask=0o077)  # what host tools write (VHDs, images) is owner-only
     except FileNotFoundError as exc:
         raise EnvironmentProblem(f"{what}: `{argv[0]}` is not installed", hint=SETUP_HINT) from exc
+    with _children_lock:
+        _children.add(proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
         raise BuildFailed(f"{what}: `{argv[0]}` did not finish within {timeout:.0f} s") from exc
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+    result = subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise BuildFailed(f"{what}: `{' '.join(argv[:2])}` failed (exit {result.returncode}): {output_tail(result)}")
     return result
+
+
+def stop_children() -> None:
+    """Kills the host tools `run` is running (qemu-img converting a disk, say)."""
+    with _children_lock:
+        for proc in list(_children):
+            try:
+                proc.kill()
+            except OSError:
+                pass
+
+
+class Stop(threading.Event):
+    """A run's stop signal: set by cancel (SIGTERM, Ctrl-C) or by the run's deadline, with the
+    reason. Setting it kills the host tools the run is waiting on; Packer and downloads watch it
+    and stop themselves (Packer gets the chance to shut its VM down)."""
+
+    reason: str | None = None
+
+    def request(self, reason: str = "cancel") -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+        stop_children()
+
+    @property
+    def timed_out(self) -> bool:
+        return self.reason == "timeout"
+
+
+def run_processes(run_id: str) -> list[int]:
+    """The live processes started for run `run_id` (Packer, its plugins, QEMU, qemu-img): found
+    by the ORCHESTRATOR_RUN variable they inherited, so they are found after their parent died."""
+    marker = f"{RUN_ENV}={run_id}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ + b"\0":
+            found.append(int(entry.name))
+    return found
+
+
+def kill_run_processes(run_id: str, patience: float = 30.0) -> int:
+    """SIGKILLs every process of the run until none is left; returns how many there were."""
+    import time
+
+    killed: set[int] = set()
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        pids = [pid for pid in run_processes(run_id) if alive(pid)]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed.update(pids)
+        time.sleep(0.05)  # a killed process's memory takes a moment to go; not ours to wait() on
+    return len(killed)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def output_tail(result: subprocess.CompletedProcess[str], lines: int = 5) -> str:

@@ -5,11 +5,17 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 
 class RunLog:
-    def __init__(self, path: Path) -> None:
+    """`redact` is applied to every line before it is written (secrets never reach the file);
+    `listener` sees each line as written (a live view shows the last one)."""
+
+    def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text,
+                 listener: Callable[[str, str], None] | None = None) -> None:
+        self.redact = redact
+        self.listener = listener
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
         # owner-only from the first instant: a log names paths, keys and what customizers printed
@@ -19,9 +25,12 @@ class RunLog:
 
     def write(self, source: str, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        text = self.redact(line.rstrip())
         with self._lock:
-            self._handle.write(f"{stamp} [{source}] {line.rstrip()}\n")
+            self._handle.write(f"{stamp} [{source}] {text}\n")
             self._handle.flush()
+        if self.listener is not None:
+            self.listener(source, text)
 
     def close(self) -> None:
         with self._lock:

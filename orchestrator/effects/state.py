@@ -11,63 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from orchestrator.effects.state_schema import check_version, migrate
 from orchestrator.errors import EnvironmentProblem
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    publisher TEXT NOT NULL COLLATE NOCASE,
-    offer TEXT NOT NULL COLLATE NOCASE,
-    sku TEXT NOT NULL COLLATE NOCASE,
-    version TEXT NOT NULL,
-    path TEXT NOT NULL,
-    format TEXT NOT NULL,
-    virtual_size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    imported_at REAL NOT NULL,
-    PRIMARY KEY (publisher, offer, sku, version)
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    template_name TEXT NOT NULL,
-    template_path TEXT,
-    build_digest TEXT,
-    run_state TEXT NOT NULL,
-    run_sub_state TEXT,
-    message TEXT,
-    source TEXT,
-    resolved_version TEXT,
-    log_path TEXT,
-    start_time REAL NOT NULL,
-    end_time REAL,
-    pid INTEGER,
-    pid_start_time INTEGER
-);
-CREATE TABLE IF NOT EXISTS run_outputs (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    artifact_id TEXT,
-    artifact_uri TEXT,
-    provisioning_state TEXT NOT NULL,
-    details TEXT,
-    PRIMARY KEY (run_id, name)
-);
-"""
-# Columns added after a database may have been created: (table, column, declaration).
-# pid_start_time: the build process's start (/proc/PID/stat field 22); with pid it identifies
-# the process, so that `orchestrate cancel` never signals a process that reused the pid.
-_ADDED_COLUMNS = (("runs", "pid_start_time", "INTEGER"),)
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    for table, column, declaration in _ADDED_COLUMNS:
-        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-            try:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            except sqlite3.OperationalError as exc:  # another process added it meanwhile
-                if "duplicate column" not in str(exc):
-                    raise
-
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -96,9 +41,14 @@ class StateStore:
         if not read_only:
             if not path.exists():  # owner-only from the start: it names every run and artifact
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            with self._connect() as db:
-                db.executescript(_SCHEMA)
-                _migrate(db)
+            db = self._open()
+            db.isolation_level = None  # the migration takes its own transaction
+            try:
+                migrate(db, path)
+            except sqlite3.Error as exc:
+                raise self._problem(exc) from None
+            finally:
+                db.close()
 
     @classmethod
     def existing(cls, path: Path) -> "StateStore | None":
@@ -107,14 +57,8 @@ class StateStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            if self.read_only:
-                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.lock_timeout)
-            else:
-                db = sqlite3.connect(self.path, timeout=self.lock_timeout)
-        except sqlite3.Error as exc:
-            raise self._problem(exc) from None
-        db.row_factory = sqlite3.Row
+        """One transaction (sqlite3's own: BEGIN before the first change, COMMIT at the end)."""
+        db = self._open()
         try:
             with db:
                 yield db
@@ -122,6 +66,37 @@ class StateStore:
             raise self._problem(exc) from None
         finally:
             db.close()
+
+    @contextmanager
+    def immediate(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken before the first read (BEGIN IMMEDIATE): what it reads
+        cannot change before it writes (admission, template create, version allocation)."""
+        db = self._open()
+        db.isolation_level = None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._problem(exc) from None
+        finally:
+            db.close()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.read_only:
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.lock_timeout)
+                check_version(db, self.path)
+            else:
+                db = sqlite3.connect(self.path, timeout=self.lock_timeout)
+        except sqlite3.Error as exc:
+            raise self._problem(exc) from None
+        db.row_factory = sqlite3.Row
+        return db
 
     def _problem(self, exc: sqlite3.Error) -> EnvironmentProblem:
         text = str(exc)
@@ -156,14 +131,18 @@ class StateStore:
             return [ImageRecord(**dict(row)) for row in db.execute(query, args)]
 
     # --- runs ----------------------------------------------------------------------------
-    def start_run(self, template_name: str, template_path: str | None, log_path_for: Any) -> str:
+    def start_run(self, template_name: str, template_path: str | None, log_path_for: Any, *,
+                  pid: int | None = None, pid_start_time: int | None = None,
+                  template_sha256: str | None = None) -> str:
+        """A new run, Running/Queued, with the process that runs it from its first instant (so
+        that recovery never takes a run being started for a dead one)."""
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs (id, template_name, template_path, run_state, run_sub_state, "
-                "log_path, start_time, pid) VALUES (?,?,?,?,?,?,?,?)",
+                "log_path, start_time, pid, pid_start_time, template_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run_id, template_name, template_path, "Running", "Queued", str(log_path_for(run_id)),
-                 time.time(), None))
+                 time.time(), pid, pid_start_time, template_sha256))
         return run_id
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -185,12 +164,18 @@ class StateStore:
     def runs(self, template_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM runs", []
         if template_name:
-            query += " WHERE template_name = ?"
+            query += " WHERE template_name = ? COLLATE NOCASE"
             args.append(template_name)
-        query += " ORDER BY start_time DESC LIMIT ?"
+        query += " ORDER BY start_time DESC, rowid DESC LIMIT ?"
         args.append(limit)
         with self._connect() as db:
             return [dict(row) for row in db.execute(query, args)]
+
+    def active_runs(self) -> list[dict[str, Any]]:
+        """Runs not ended (Running or Canceling), oldest first: the queue's order."""
+        with self._connect() as db:
+            return [dict(row) for row in db.execute(
+                "SELECT * FROM runs WHERE run_state IN ('Running', 'Canceling') ORDER BY rowid")]
 
     def last_success(self, template_name: str, build_digest: str) -> dict[str, Any] | None:
         with self._connect() as db:
@@ -204,6 +189,8 @@ class StateStore:
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO run_outputs VALUES (?,?,?,?,?,?,?)", (
                 run_id, name, kind, artifact_id, artifact_uri, state, json.dumps(details or {})))
+            if artifact_id and state == "Succeeded":
+                db.execute("INSERT OR IGNORE INTO owned_artifacts VALUES (?,?,?)", (artifact_id, run_id, time.time()))
 
     def outputs(self, run_id: str, internal: bool = False) -> list[dict[str, Any]]:
         """The run outputs in AIB's shape; `internal` adds orchestrator's own bookkeeping keys
@@ -215,7 +202,8 @@ class StateStore:
     def wrote_artifact(self, path: str) -> bool:
         """Whether a run output of orchestrator's is (or was) the file at `path`."""
         with self._connect() as db:
-            row = db.execute("SELECT 1 FROM run_outputs WHERE artifact_id = ? LIMIT 1", (path,)).fetchone()
+            row = db.execute("SELECT 1 FROM owned_artifacts WHERE path = ? UNION ALL "
+                             "SELECT 1 FROM run_outputs WHERE artifact_id = ? LIMIT 1", (path, path)).fetchone()
         return row is not None
 
     def latest_output(self, template_name: str, name: str) -> dict[str, Any] | None:
@@ -225,6 +213,55 @@ class StateStore:
                 "WHERE r.template_name = ? AND o.name = ? COLLATE NOCASE ORDER BY r.start_time DESC LIMIT 1",
                 (template_name, name)).fetchone()
         return _output(dict(row)) if row else None
+
+
+    # --- stored templates ------------------------------------------------------------------
+    def put_template(self, name: str, body: str, parameters: dict[str, Any], file_path: str | None,
+                     sha256: str, *, update: bool) -> str:
+        """Stores a template: "created", "unchanged" (same hash), "updated" (`update`), or
+        "conflict" (another body is stored and `update` is false). One write transaction, so
+        two concurrent creates of one name store one body."""
+        now = time.time()
+        with self.immediate() as db:
+            row = db.execute("SELECT sha256 FROM templates WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO templates VALUES (?,?,?,?,?,?,?)",
+                           (name, body, json.dumps(parameters), file_path, sha256, now, now))
+                return "created"
+            if row["sha256"] == sha256:
+                return "unchanged"
+            if not update:
+                return "conflict"
+            db.execute("UPDATE templates SET body = ?, parameters = ?, file_path = ?, sha256 = ?, updated_at = ? "
+                       "WHERE name = ?", (body, json.dumps(parameters), file_path, sha256, now, name))
+            return "updated"
+
+    def template(self, name: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM templates WHERE name = ?", (name,)).fetchone()
+        return _template(dict(row)) if row else None
+
+    def templates(self) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            return [_template(dict(row)) for row in db.execute("SELECT * FROM templates ORDER BY name")]
+
+    def delete_template(self, name: str) -> tuple[str, list[dict[str, Any]]]:
+        """Removes a stored template and its run records in one transaction: ("deleted", runs),
+        ("active", runs still running) or ("missing", []). Artifacts and their ownership stay."""
+        with self.immediate() as db:
+            row = db.execute("SELECT name FROM templates WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return "missing", []
+            runs = [dict(r) for r in db.execute("SELECT * FROM runs WHERE template_name = ? COLLATE NOCASE",
+                                                (row["name"],))]
+            active = [r for r in runs if r["run_state"] in ("Running", "Canceling")]
+            if active:
+                return "active", active
+            ids = [r["id"] for r in runs]
+            db.executemany("DELETE FROM run_outputs WHERE run_id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+            db.execute("DELETE FROM templates WHERE name = ?", (row["name"],))
+            return "deleted", runs
 
 
 def _output(row: dict[str, Any], internal: bool = False) -> dict[str, Any]:
@@ -243,3 +280,7 @@ def _output(row: dict[str, Any], internal: bool = False) -> dict[str, Any]:
             **details,
         },
     }
+
+
+def _template(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "parameters": json.loads(row["parameters"] or "{}")}

@@ -48,33 +48,35 @@ class BuildVm:
 
 
 def render_build(plan: BuildPlan, work: Path, run_id: str, accelerator: str, downloads: dict[str, str],
-                 vnc: bool) -> tuple[RenderedBuild, BuildVm]:
+                 vnc: bool, console_log: Path | None = None) -> tuple[RenderedBuild, BuildVm]:
     key_path, public_key = make_key_pair(work / KEY_NAME, f"orchestrator-{run_id}")
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
                         ssh_private_key=str(key_path), ssh_public_key=public_key, accelerator=accelerator,
-                        downloads=downloads, vnc=vnc)
+                        downloads=downloads, vnc=vnc, console_log=str(console_log) if console_log else None)
     rendered = render_linux(plan, ctx)
     write_rendered(work, rendered)
     return rendered, BuildVm(disk=work / "packer-output" / "disk.qcow2", key=key_path)
 
 
 def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBuild, vm: BuildVm, log: RunLog,
-              deadline: float, cancel: threading.Event, on_source: Callable[[str], None]) -> None:
+              deadline: float, cancel: threading.Event, on_source: Callable[[str], None],
+              temp: Path | None = None) -> None:
     def on_line(source: str, line: str) -> None:
         if source == "generalize" and "orchestrator-generalize: running" in line:
             log.write("orchestrator", "generalize: " + line.split("orchestrator-generalize: ", 1)[1])
 
-    # Packer's own temporaries (its cd_files staging, plugin sockets) in a directory of the run's
-    # own, removed afterwards: not /tmp itself, and a short path (a unix socket path has at most
-    # 108 bytes, which a run directory under a deep data home exceeds).
-    temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    # Packer's own temporaries (its cd_files staging, plugin sockets, packer_to_cdrom*) in the
+    # run's staging (pipeline/staging.py), never /tmp itself
+    own_temp = temp is None
+    temp = temp or Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     try:
         result = run_packer(config.packer, work / "build.pkr.hcl", log, rendered.provisioners,
                             deadline=deadline, cancel=cancel, cache_dir=config.home / "cache" / "packer",
                             vm_marker=str(work), on_source=on_source, on_line=on_line,
                             keep_on_error=plan.on_customizer_error == "abort", temp_dir=temp)
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        if own_temp:
+            shutil.rmtree(temp, ignore_errors=True)
     if result.timed_out:
         raise BuildTimeout(
             f"the build timed out after buildTimeoutInMinutes ({plan.timeout_minutes} min) "

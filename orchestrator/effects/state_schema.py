@@ -1,0 +1,147 @@
+"""The state database's schema and its migrations, numbered by SQLite's `user_version`.
+
+A database is brought up to SCHEMA_VERSION in one write transaction when it is opened; one
+made by a newer orchestrator (a higher version) is refused rather than changed, since this
+version does not know what the newer columns mean. WAL lets readers (status, logs -f, the
+admission queue) work while a build writes.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+from orchestrator.errors import EnvironmentProblem
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS images (
+    publisher TEXT NOT NULL COLLATE NOCASE,
+    offer TEXT NOT NULL COLLATE NOCASE,
+    sku TEXT NOT NULL COLLATE NOCASE,
+    version TEXT NOT NULL,
+    path TEXT NOT NULL,
+    format TEXT NOT NULL,
+    virtual_size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    imported_at REAL NOT NULL,
+    PRIMARY KEY (publisher, offer, sku, version)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    template_name TEXT NOT NULL,
+    template_path TEXT,
+    build_digest TEXT,
+    run_state TEXT NOT NULL,
+    run_sub_state TEXT,
+    message TEXT,
+    source TEXT,
+    resolved_version TEXT,
+    log_path TEXT,
+    start_time REAL NOT NULL,
+    end_time REAL,
+    pid INTEGER,
+    pid_start_time INTEGER
+);
+CREATE TABLE IF NOT EXISTS run_outputs (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    artifact_id TEXT,
+    artifact_uri TEXT,
+    provisioning_state TEXT NOT NULL,
+    details TEXT,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+# Version 2: stored templates, what a run holds while it runs (its staging, its share of the
+# host, the outputs it claims), and which files orchestrator wrote, kept apart from run
+# records so that deleting a template's runs does not make its VHDs foreign files.
+_V2 = """
+CREATE TABLE IF NOT EXISTS templates (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    body TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    file_path TEXT,
+    sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owned_artifacts (
+    path TEXT PRIMARY KEY,
+    run_id TEXT,
+    written_at REAL NOT NULL
+);
+INSERT OR IGNORE INTO owned_artifacts (path, run_id, written_at)
+    SELECT artifact_id, run_id, 0 FROM run_outputs WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_by_template ON runs(template_name);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs(run_state);
+"""
+_V2_COLUMNS = (("runs", "staging_dir", "TEXT"), ("runs", "temp_dir", "TEXT"), ("runs", "cpus", "INTEGER"),
+               ("runs", "memory_mib", "INTEGER"), ("runs", "claims", "TEXT"), ("runs", "admitted_at", "REAL"),
+               ("runs", "console_path", "TEXT"), ("runs", "template_sha256", "TEXT"))
+
+SCHEMA_VERSION = 2
+
+
+def _add_columns(db: sqlite3.Connection, columns: tuple[tuple[str, str, str], ...]) -> None:
+    for table, column, declaration in columns:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    # statement by statement: executescript would commit the migration's transaction first
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _to_v1(db: sqlite3.Connection) -> None:
+    _script(db, _V1)
+    # pid_start_time: with pid it identifies the build process (pids are reused); databases
+    # made before it existed lack it
+    _add_columns(db, (("runs", "pid_start_time", "INTEGER"),))
+
+
+def _to_v2(db: sqlite3.Connection) -> None:
+    _add_columns(db, _V2_COLUMNS)
+    _script(db, _V2)
+
+
+_MIGRATIONS = ((1, _to_v1), (2, _to_v2))
+
+
+def migrate(db: sqlite3.Connection, path: object) -> None:
+    """Brings the database to SCHEMA_VERSION; `db` is in autocommit mode (isolation_level None)."""
+    if _version(db) == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")  # one migrator at a time; the others find the new version
+    try:
+        version = _version(db)
+        if version > SCHEMA_VERSION:
+            raise EnvironmentProblem(
+                f"the state database {path} was made by a newer orchestrator (schema version {version}; "
+                f"this one knows up to {SCHEMA_VERSION})",
+                hint="run the newer orchestrator, or point --home at another data home; this version "
+                     "does not change a database it does not understand")
+        for number, step in _MIGRATIONS:
+            if version < number:
+                step(db)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("PRAGMA journal_mode = WAL")  # persistent: set once, outside the transaction
+
+
+def check_version(db: sqlite3.Connection, path: object) -> None:
+    """For read-only openings: a newer database is refused, an older one read as it is."""
+    version = _version(db)
+    if version > SCHEMA_VERSION:
+        raise EnvironmentProblem(
+            f"the state database {path} was made by a newer orchestrator (schema version {version}; "
+            f"this one knows up to {SCHEMA_VERSION})", hint="run the newer orchestrator")
+
+
+def _version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])

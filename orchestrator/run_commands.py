@@ -1,0 +1,309 @@
+"""The CLI verbs of runs and stored templates: run, template create|list|show|delete|show-runs,
+runs, status, output, cancel, logs. Each reads arguments, calls the service, prints."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.commands import check_host_policy, emit, load_parameters, print_problems, read_text
+from orchestrator.config import Config
+from orchestrator.core import model as m
+from orchestrator.core.document import load_document
+from orchestrator.errors import ExitCode, UsageError
+from orchestrator.service import templates as stored_templates
+from orchestrator.service.recovery import is_dead, recover
+from orchestrator.service.runs import ACTIVE, AlreadyCanceling, Runs
+
+FOLLOW_POLL_SECONDS = 0.2
+
+
+def store(config: Config):
+    """The state database, after recovering runs whose process died (any command that touches
+    the state does it: a killed run does not stay Running)."""
+    from orchestrator.effects.state import StateStore
+
+    state = StateStore(config.ensure().db_path)
+    recover(config, state, lambda line: print(f"recovered: {line}", file=sys.stderr))
+    return state
+
+
+def last_run_status(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+
+    def stamp(t: float | None) -> str | None:
+        return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    return {"startTime": stamp(run["start_time"]), "endTime": stamp(run["end_time"]), "runState": run["run_state"],
+            "runSubState": run["run_sub_state"], "message": run["message"] or ""}
+
+
+# --- building -------------------------------------------------------------------------------
+def run_template(args: argparse.Namespace, config: Config, template: m.ImageTemplate, name: str, text: str,
+                 template_path: str | None, template_sha256: str | None = None) -> int:
+    """Builds a template (one-shot or stored), with the progress view the arguments ask for."""
+    from orchestrator.engine import Engine
+    from orchestrator.service.progress import Reporter
+    from orchestrator.views import open_view
+
+    mode = args.progress or ("json" if args.json else "auto")
+    engine = Engine(config)
+    started = time.monotonic()
+    sink, close = open_view(mode)
+    try:
+        result = engine.build(template, name, text, template_path, Reporter(sink), force=args.force,
+                              template_sha256=template_sha256)
+    finally:
+        close()
+    code = int(ExitCode.PARTIALLY_SUCCEEDED) if result.run_state == "PartiallySucceeded" else 0
+    if args.json:
+        emit({"ok": code == 0, "warnings": [w.as_dict() for w in template.warnings],
+              "runId": result.run_id, "runState": result.run_state, "message": result.message,
+              "reusedRun": result.reused_run, "log": str(result.log_path), "runOutputs": result.outputs})
+        return code
+    print(f"run {result.run_id}: {result.run_state} in {time.monotonic() - started:.0f} s"
+          + (f" (reused run {result.reused_run})" if result.reused_run else "")
+          + (f": {result.message}" if code else ""))
+    for output in result.outputs:
+        props = output["properties"]
+        print(f"  {output['name']}: {props['provisioningState']} {props.get('path', props.get('artifactId')) or ''}")
+    print(f"  log: {result.log_path}")
+    return code
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    template_record = stored_templates.get(store(config), args.name)
+    template = template_record.load(config)
+    if template.warnings and not args.json:
+        print_problems(template.warnings)
+    return run_template(args, config, template, template_record.name, template_record.body,
+                        template_record.file_path, template_record.sha256)
+
+
+# --- stored templates -------------------------------------------------------------------------
+def cmd_template(args: argparse.Namespace, config: Config) -> int:
+    return {"create": _template_create, "list": _template_list, "show": _template_show,
+            "delete": _template_delete, "show-runs": _template_runs}[args.template_command](args, config)
+
+
+def _template_create(args: argparse.Namespace, config: Config) -> int:
+    text = read_text(args.file, "template")
+    parameters = load_parameters(args)
+    stored_templates.check_name(args.name)
+    template = load_document(text, args.file, parameters, config.arm_functions(), strict=args.strict)
+    if template.warnings and not args.json:
+        print_problems(template.warnings)
+    check_host_policy(config, template, argparse.Namespace(template=args.file), args.name)
+    verdict, saved = stored_templates.create(store(config), args.name, text, parameters,
+                                             str(Path(args.file).resolve()), update=args.update)
+    if args.json:
+        emit({"ok": True, "name": saved.name, "result": verdict, "sha256": saved.sha256,
+              "warnings": [w.as_dict() for w in template.warnings]})
+    else:
+        print(f"template {saved.name} {verdict} (sha256 {saved.sha256[:12]})")
+    return 0
+
+
+def _template_view(state, saved: stored_templates.Stored) -> dict[str, Any]:
+    runs = state.runs(saved.name, limit=1)
+    last = runs[0] if runs else None
+    return {"name": saved.name, "sha256": saved.sha256, "file": saved.file_path,
+            "createdAt": _stamp(saved.created_at), "updatedAt": _stamp(saved.updated_at),
+            "properties": {"lastRunStatus": last_run_status(last)},
+            "runOutputs": state.outputs(last["id"]) if last else []}
+
+
+def _template_list(args: argparse.Namespace, config: Config) -> int:
+    state = store(config)
+    views = [_template_view(state, saved) for saved in stored_templates.listing(state)]
+    if args.json:
+        emit(views)
+        return 0
+    for view in views:
+        status = view["properties"]["lastRunStatus"]
+        shown = f"{status['runState']}/{status['runSubState']} {status['startTime']}" if status else "never run"
+        print(f"{view['name']}  {view['sha256'][:12]}  {shown}")
+    return 0
+
+
+def _template_show(args: argparse.Namespace, config: Config) -> int:
+    state = store(config)
+    view = _template_view(state, stored_templates.get(state, args.name))
+    if args.json:
+        emit(view)
+        return 0
+    status = view["properties"]["lastRunStatus"]
+    print(f"{view['name']} (sha256 {view['sha256'][:12]}, created {view['createdAt']}, from {view['file']})")
+    if status is None:
+        print("  lastRunStatus: never run (`orchestrate run NAME` builds it)")
+    else:
+        print(f"  lastRunStatus: {status['runState']} ({status['runSubState']}) {status['startTime']} - "
+              f"{status['endTime'] or '...'} {status['message']}")
+    for output in view["runOutputs"]:
+        props = output["properties"]
+        print(f"  {output['name']}: {props['provisioningState']} {props.get('artifactUri') or ''}")
+    return 0
+
+
+def _template_delete(args: argparse.Namespace, config: Config) -> int:
+    removed = stored_templates.delete(config, store(config), args.name)
+    if args.json:
+        emit({"ok": True, "name": args.name, "runsRemoved": removed})
+    else:
+        print(f"template {args.name} deleted with {len(removed)} run record(s); published images stay")
+    return 0
+
+
+def _template_runs(args: argparse.Namespace, config: Config) -> int:
+    state = store(config)
+    saved = stored_templates.get(state, args.name)
+    return _print_runs(args, state.runs(saved.name, limit=args.limit))
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+# --- runs -------------------------------------------------------------------------------------
+def _print_runs(args: argparse.Namespace, runs: list[dict[str, Any]]) -> int:
+    if args.json:
+        emit([{"id": r["id"], "templateName": r["template_name"], "lastRunStatus": last_run_status(r)} for r in runs])
+    else:
+        for r in runs:
+            print(f"{r['id']}  {r['template_name']}  {r['run_state']}/{r['run_sub_state']}  {r['message'] or ''}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, config: Config) -> int:
+    return _print_runs(args, store(config).runs(args.template, limit=args.limit))
+
+
+def get_run(state, ref: str, template: str | None = None) -> dict[str, Any]:
+    """A run by id, or a template name's latest run; with `template`, the run must be its."""
+    run = state.run(ref)
+    if run is None:
+        latest = state.runs(ref, limit=1)
+        if not latest:
+            raise UsageError(f"no run {ref!r} (and no runs of a template of that name)",
+                             hint="`orchestrate runs` lists them")
+        run = latest[0]
+    if template is not None and run["template_name"].lower() != template.lower():
+        raise UsageError(f"run {run['id']} belongs to template {run['template_name']!r}, not {template!r}",
+                         hint=f"`orchestrate template show-runs {template}` lists that template's runs")
+    return run
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    state = store(config)
+    run = get_run(state, args.run_id, args.template)
+    data = {"id": run["id"], "templateName": run["template_name"], "source": run["source"],
+            "resolvedVersion": run["resolved_version"], "buildDigest": run["build_digest"],
+            "log": run["log_path"], "console": run.get("console_path"), "lastRunStatus": last_run_status(run),
+            "runOutputs": state.outputs(run["id"])}
+    if args.json:
+        emit(data)
+    else:
+        status = data["lastRunStatus"]
+        print(f"{run['id']} {run['template_name']}: {status['runState']} ({status['runSubState']}) {status['message']}")
+        for output in data["runOutputs"]:
+            print(f"  {output['name']}: {output['properties']['provisioningState']} {output['properties']['artifactUri'] or ''}")
+        print(f"  log: {run['log_path']}")
+    return 0
+
+
+def cmd_output(args: argparse.Namespace, config: Config) -> int:
+    output = store(config).latest_output(args.template_name, args.run_output_name)
+    if output is None:
+        raise UsageError(f"no run output {args.run_output_name!r} for template {args.template_name!r}",
+                         hint="`orchestrate runs` lists the templates that ran")
+    if args.json:
+        emit(output)
+    else:
+        props = output["properties"]
+        print(f"{output['name']}: {props['provisioningState']} {props.get('artifactUri') or ''}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
+    """Canceling first (visible at once), then SIGTERM to the run's process, identified by pid
+    and start time (pids are reused). A second cancel says so; a finished run is an error."""
+    from orchestrator.effects.proc import process_start_time, signal_process
+
+    state = store(config)  # a run whose process is gone is recovered here, and then has ended
+    run = get_run(state, args.run_id, args.template)
+    run_id, pid, started = run["id"], run["pid"], run.get("pid_start_time")
+    if started is None and pid and process_start_time(pid) is not None:
+        raise UsageError(f"run {run_id} did not record which process pid {pid} was; "
+                         "it may be another process now, so it is not signalled",
+                         hint=f"check `ps -o pid,lstart,args -p {pid}`; if it is the build, `kill {pid}`")
+    try:
+        Runs(state).transition(run_id, "cancel")
+    except AlreadyCanceling as exc:
+        print(f"{exc.message}; nothing more to do", file=sys.stderr)
+        return 0
+    try:
+        signalled = bool(pid) and signal_process(pid, started, signal.SIGTERM)
+    except PermissionError:
+        raise UsageError(f"not allowed to signal the build process of run {run_id} (pid {pid})",
+                         hint="run `orchestrate cancel` as the user that started the build") from None
+    if not signalled:  # it died between recovery and now: the next command recovers it
+        store(config)
+    print(f"cancel requested for {run_id} (Canceling)")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, config: Config) -> int:
+    state = store(config)
+    run = get_run(state, args.run_id, args.template)
+    path = run.get("console_path") if args.console else run["log_path"]
+    if not path:
+        raise UsageError(f"run {run['id']} kept no {'console' if args.console else 'log'}",
+                         hint="the build VM's console is kept for runs that booted one")
+    if args.follow:
+        return _follow(config, state, run["id"], Path(path))
+    try:
+        with open(path, "rb") as log:
+            shutil.copyfileobj(log, sys.stdout.buffer)
+    except FileNotFoundError:
+        if args.console and run["run_state"] in ACTIVE:
+            return 0  # the VM has not booted yet
+        raise UsageError(f"run {run['id']} has no file {path}",
+                         hint="the run may not have booted a VM, or its directory was removed") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} of run {run['id']}: {exc.strerror}") from None
+    return 0
+
+
+def _follow(config: Config, state, run_id: str, path: Path) -> int:
+    """Prints the file as it grows and returns when the run has ended and all of it is out."""
+    out = sys.stdout.buffer
+    handle = None
+    try:
+        while True:
+            if handle is None and path.exists():
+                handle = open(path, "rb")
+            chunk = handle.read(65536) if handle else b""
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            run = state.run(run_id)
+            if run is None or run["run_state"] not in ACTIVE:
+                if handle is None and path.exists():
+                    continue  # written just before the end: print it
+                rest = handle.read() if handle else b""
+                out.write(rest)
+                out.flush()
+                return 0
+            if is_dead(run):  # killed: recovery ends it, and the next round prints the rest
+                recover(config, state)
+                continue
+            time.sleep(FOLLOW_POLL_SECONDS)  # waiting for the build to write more
+    finally:
+        if handle:
+            handle.close()

@@ -1,0 +1,91 @@
+"""Runs whose process died (SIGKILL, a crash, a host reboot) are found and cleaned up by the
+next orchestrate command that touches the state: marked Failed (Canceled if a cancel was under
+way) with a message saying so, their orphaned Packer/QEMU/qemu-img killed, their staging and
+half-written artifacts removed, their unfinished publishes swept. Stored images, the cache and
+other runs are not touched."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.config import Config
+from orchestrator.effects.files import temp_name
+from orchestrator.effects.proc import kill_run_processes, process_start_time
+from orchestrator.effects.runlog import RunLog
+from orchestrator.errors import OrchestratorError
+from orchestrator.service.runs import RunEnded, Runs
+
+
+def is_dead(run: dict[str, Any]) -> bool:
+    """An active run whose recorded process is not running (a pid alone may be reused)."""
+    pid = run.get("pid")
+    if not pid:
+        return True
+    started = process_start_time(pid)
+    if run.get("pid_start_time") is None:  # recorded by an older orchestrator: only a gone pid is sure
+        return started is None
+    return started != run["pid_start_time"]
+
+
+def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: None) -> list[str]:
+    """Cleans up every dead run; returns their ids. Cheap when there is none (one query and a
+    /proc read per active run)."""
+    recovered = []
+    for run in state.active_runs():
+        if not is_dead(run):
+            continue
+        killed = kill_run_processes(run["id"])
+        removed = _remove_leftovers(run)
+        message = (f"the orchestrate process of this run (pid {run.get('pid')}) ended without recording a result "
+                   "(killed, or the host restarted)")
+        extra = [f"{killed} orphaned process(es) stopped"] if killed else []
+        extra += [f"removed {', '.join(removed)}"] if removed else []
+        try:
+            new = Runs(state).transition(run["id"], "process-gone", message + ("; " + "; ".join(extra) if extra else ""))
+        except RunEnded:
+            continue  # another process recovered it first, or it ended meanwhile
+        _note(run, f"{new}: {message}; recovered by pid {os.getpid()}" + ("; " + "; ".join(extra) if extra else ""))
+        say(f"run {run['id']} ({run['template_name']}): {new}, {message}")
+        recovered.append(run["id"])
+    if recovered:
+        _sweep_publishes(config, state, say)
+    return recovered
+
+
+def _remove_leftovers(run: dict[str, Any]) -> list[str]:
+    removed = []
+    for key in ("staging_dir", "temp_dir"):
+        path = run.get(key)
+        if path and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    # a VHD the dead process was writing, under its temporary name (files.temp_name)
+    for claim in json.loads(run.get("claims") or "[]"):
+        if claim.startswith("file:"):
+            partial = temp_name(Path(claim[5:]), run["pid"]) if run.get("pid") else None
+            if partial is not None and partial.exists():
+                partial.unlink(missing_ok=True)
+                removed.append(str(partial))
+    return removed
+
+
+def _note(run: dict[str, Any], line: str) -> None:
+    if run.get("log_path") and os.path.isdir(os.path.dirname(run["log_path"])):
+        try:
+            with RunLog(Path(run["log_path"])) as log:
+                log.write("orchestrator", line)
+        except OSError:
+            pass
+
+
+def _sweep_publishes(config: Config, state: Any, say: Callable[[str], None]) -> None:
+    """Gallery and managed-image volumes a dead run left half written."""
+    from orchestrator.distribute.publish import sweep
+
+    try:
+        sweep(config, state, say)
+    except OrchestratorError as exc:  # libvirt down: `orchestrate store sweep` tries again
+        say(f"could not sweep unfinished publishes yet: {exc.message}")
