@@ -17,6 +17,7 @@ import pytest
 from orchestrator.core.document import load_document
 from orchestrator.engine import Engine
 from orchestrator.effects.packer import qemu_pids
+from orchestrator.effects.proc import run_processes
 from orchestrator.effects.state import StateStore
 from orchestrator.errors import ExitCode
 from tests.helpers import dumps, linux_template
@@ -187,9 +188,10 @@ def test_failing_customizer_names_itself_and_abort_keeps_the_disk(tmp_path, impo
     assert "never-runs" not in log.replace("echo never-runs", "")
     assert not list(imported_home.artifacts_dir.rglob("*.vhd"))
     assert qemu_pids(str(imported_home.home / "staging")) == []
-    kept = Path(run["log_path"]).parent / "packer-output" / "disk.qcow2"
+    kept = imported_home.home / "staging" / run["id"] / "packer-output" / "disk.qcow2"
     assert f"disk is kept at {kept}" in result.stderr
-    key = Path(run["log_path"]).parent / "id_ed25519"  # kept with the disk, and said
+    assert not (kept.parent.parent / "tmp").exists()  # Packer's temporaries go even so
+    key = kept.parent.parent / "id_ed25519"  # kept with the disk, and said
     assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600 and str(key) in result.stderr
     raw = tmp_path / "kept.raw"  # the kept disk holds the state the failure left
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(kept), str(raw)], check=True)
@@ -249,13 +251,29 @@ def test_cancel_stops_a_running_build(tmp_path, imported_home):
             pytest.fail("the build ended before its customizer started")
         [run] = StateStore(imported_home.db_path).runs()
         assert run["run_state"] == "Running" and run["run_sub_state"] == "Customizing"
+        # another shell follows the log while the build runs; it ends when the run ends
+        follow = subprocess.Popen([sys.executable, "-m", "orchestrator", "logs", "-f", run["id"]],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert follow.stdout is not None
+        for line in follow.stdout:
+            if "[customizer:slow]" in line:
+                break
+        else:
+            pytest.fail("logs -f ended before the customizer's lines")
         cancel = _run_cli("cancel", run["id"], home=imported_home.home)
         assert cancel.returncode == 0, cancel.stderr
         rest = build.stderr.read()
         assert build.wait(timeout=120) == ExitCode.CANCELED, rest
+        followed = follow.stdout.read()
+        assert follow.wait(timeout=60) == 0
     finally:
         build.kill()
     assert "canceled during customizer 'slow'" in rest
+    assert "cancel requested during customizer:slow" in followed and "Canceled:" in followed
+    console = _run_cli("logs", "--console", run["id"], home=imported_home.home)
+    assert console.returncode == 0 and ("login:" in console.stdout or "Linux version" in console.stdout)
+    assert run_processes(run["id"]) == []
+    assert not (imported_home.home / "staging" / run["id"]).exists()
     [run] = StateStore(imported_home.db_path).runs()
     assert run["run_state"] == "Canceled" and run["end_time"] is not None
     assert qemu_pids(str(imported_home.home / "staging")) == []
