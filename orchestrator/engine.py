@@ -140,8 +140,7 @@ class Engine:
         run.timer.daemon = True
         run.timer.start()
         run.staging = Staging.create(self.config, run.id)
-        self.state.update_run(run.id, staging_dir=str(run.staging.root), temp_dir=str(run.staging.temp),
-                              admitted_at=time.time())
+        self.state.update_run(run.id, staging_dir=str(run.staging.root), temp_dir=str(run.staging.temp))
         self._phase(run, "Building", "fetching customizer files", "fetching files")
         fetched = fetch_all(plan, self.cache, self.config, policy, log, stop, deadline)
         digest = plan.digest(fetched.digests)

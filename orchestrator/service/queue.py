@@ -71,7 +71,8 @@ class LocalAdmission:
                 raise BuildTimeout("the build timed out while queued (buildTimeoutInMinutes)")
 
     def release(self, run_id: str) -> None:
-        self.state.update_run(run_id, admitted_at=None)
+        """Nothing to do here: an ended run is not counted (its admitted_at stays, as a record
+        of when it started building)."""
 
     def _try(self, run_id: str, demand: Demand) -> str | None:
         """Admits the run if it is first in line and fits; else why it waits."""
