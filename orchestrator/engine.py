@@ -279,8 +279,9 @@ def _text_reporter(progress: Callable[[str], None] | None) -> Reporter:
 
 
 def _as_stop(exc: OrchestratorError, stop: Stop, phase: str) -> OrchestratorError:
-    """A step that failed because the run was stopped (a killed qemu-img, say) failed by the stop."""
-    if not stop.is_set() or isinstance(exc, (Canceled, BuildTimeout)):
+    """A step that failed because the run was stopped (a killed qemu-img, a download that saw
+    the stop) failed by the stop: a timeout is a timeout, a cancel a cancel."""
+    if not stop.is_set() or isinstance(exc, BuildTimeout if stop.timed_out else Canceled):
         return exc
     try:
         stopped(stop, phase)

@@ -337,3 +337,24 @@ def test_sigkill_during_a_customizer_is_recovered_by_the_next_command(tmp_path, 
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     again = _cli(imported_home.home, "runs")
     assert "recovered" not in again.stderr  # once
+
+
+def test_the_timeout_covers_downloads(tmp_path, imported_home, blocking_server):
+    """buildTimeoutInMinutes (1) runs out while a download hangs: the run ends Failed by the
+    timeout (exit 5), with the same clean-up as a cancel."""
+    _, url, server = blocking_server
+    (imported_home.home / "config.toml").write_text("[downloads]\nstall_timeout_seconds = 600\n")
+    path = tmp_path / "late.json"
+    path.write_text(dumps(linux_template(buildTimeoutInMinutes=1, customize=[
+        {"type": "Shell", "name": "hangs", "scriptUri": f"{url}/block.sh"}])))
+    build = Started(imported_home.home, tmp_path, "late", "build", str(path))
+    try:
+        assert server.requested.wait(WAIT)
+        assert build.wait() == ExitCode.TIMEOUT, build.stderr
+    finally:
+        build.kill()
+    [run] = StateStore(imported_home.db_path).runs()
+    assert run["run_state"] == "Failed" and "timed out after buildTimeoutInMinutes" in run["message"]
+    assert "block.sh" in run["message"]
+    assert_cleaned_up(imported_home, run["id"])
+    assert not list(imported_home.cache_dir.rglob("*.part*"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,5 +93,13 @@ def export_fixed_vhd(src: Path, dst: Path) -> int:
         raise BuildFailed(f"the disk is {size / 1024**3:.0f} GiB; an Azure VHD is at most 1023 GiB",
                           hint="lower osDiskSizeGB")
     # force_size keeps the exact size; without it qemu-img rounds to CHS geometry.
-    convert(src, dst, "vpc", f"exporting VHD {dst.name}", "subformat=fixed,force_size")
+    try:
+        convert(src, dst, "vpc", f"exporting VHD {dst.name}", "subformat=fixed,force_size")
+    except BuildFailed as exc:
+        if "No space left on device" not in exc.message:
+            raise
+        free = shutil.disk_usage(dst.parent).free
+        raise BuildFailed(f"exporting VHD {dst}: the file system is full (a fixed VHD of this disk takes "
+                          f"{(size + 512) / MIB:,.0f} MiB; {free / MIB:,.0f} MiB are free); nothing was left behind",
+                          hint=f"free space in {dst.parent}, or give the target a `uri` on another file system") from None
     return size

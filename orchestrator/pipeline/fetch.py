@@ -11,7 +11,7 @@ from orchestrator.effects.downloads import DownloadCache, Fetched, Limits, displ
 from orchestrator.effects.hostpolicy import HostPolicy, file_read_problem
 from orchestrator.effects.mirrors import Mirror, mirror_for, mirror_read_problem
 from orchestrator.effects.runlog import RunLog
-from orchestrator.errors import Canceled, ChecksumMismatch, DownloadFailed
+from orchestrator.errors import BuildTimeout, Canceled, ChecksumMismatch, DownloadFailed
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,16 @@ def fetch_all(plan: BuildPlan, cache: DownloadCache, config: Config, policy: Hos
         limits = Limits(max_bytes=limit, stall_seconds=config.download_stall_seconds, deadline=deadline,
                         cancel=cancel, check_file=check)
         where = f"customizer {item.customizer!r}, {item.json_path}"
-        fetched = _fetch(cache, item.url, mirror, item.sha256, where, limits, config)
+        try:
+            fetched = _fetch(cache, item.url, mirror, item.sha256, where, limits, config)
+        except (DownloadFailed, Canceled) as exc:
+            # the build's deadline, seen by the download first or by the run's timer (a stop)
+            timed_out = getattr(cancel, "timed_out", False) or time.monotonic() >= build_deadline
+            if timed_out and not isinstance(exc, ChecksumMismatch):
+                raise BuildTimeout(f"the build timed out after buildTimeoutInMinutes while fetching "
+                                   f"{display_url(item.url)} ({where})",
+                                   hint="raise buildTimeoutInMinutes, or check the server") from None
+            raise
         if fetched.note:
             log.write("orchestrator", f"{display_url(item.url)}: {fetched.note}")
         verified = "sha256 verified" if item.sha256 else "no sha256Checksum given"
