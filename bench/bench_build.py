@@ -75,7 +75,7 @@ def main() -> int:
 
         seed = work / "seed"
         seed.mkdir()
-        key, public = make_key_pair(work, "bench")
+        key, public = make_key_pair(work / "id_ed25519", "bench")
         (seed / "meta-data").write_text("instance-id: bench\n")
         (seed / "user-data").write_text((HERE / "user-data.tmpl").read_text().replace("@PUBLIC_KEY@", public))
 

@@ -7,13 +7,12 @@ the last finish), both throughputs (builds per hour) and the ratio ours/theirs; 
 ratio is the queue's overhead (target: <= 1.02), for N >= 2 it says whether concurrent admission
 beats sequential builds (it should where the host's cores allow).
 
-The template is small: vmSize Standard_B1ms (1 vCPU, 2 GiB), a 4 GiB OS disk, one inline Shell
-customizer, a VHD target. Each of the N builds has its own name (`--name bench-<i>`: two runs of
+The template is bench/bench_build.py's with vmSize Standard_B1ms (1 vCPU, 2 GiB): a 4 GiB OS disk,
+four customizers (inline, script, file, inline), a VHD target. Each of the N builds has its own name (`--name bench-<i>`: two runs of
 one template name never build at once) and `--force` (nothing is reused from an earlier build).
 
-The baseline is bench/handwritten.pkr.hcl as it is: it has no variables for the VM's size, so its
-build VM has 2 vCPUs and 4 GiB (not 1 vCPU / 2 GiB as ours) and it runs the three other
-customizers of bench/bench_build.py's template too; the figures say so.
+The baseline is bench/handwritten.pkr.hcl with `-var cpus=1 -var memory=2048`: the same VM
+and the same four customizers as the template (bench/bench_build.py's, resized).
 
 Usage: .venv/bin/python bench/bench_queue.py [--sizes 1,2,4] [--rounds 1]
        (as root, after scripts/setup-host.sh)
@@ -21,7 +20,6 @@ Usage: .venv/bin/python bench/bench_queue.py [--sizes 1,2,4] [--rounds 1]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -35,41 +33,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))  # bench_build's template
 
 from orchestrator.config import default_home  # noqa: E402
 from orchestrator.effects.catalog import version_key  # noqa: E402
 from orchestrator.effects.sshkeys import make_key_pair  # noqa: E402
 from orchestrator.effects.state import StateStore  # noqa: E402
 
-# what handwritten.pkr.hcl's provisioners read from files_dir (the baseline only)
-SCRIPT = "#!/bin/sh\nset -e\necho script | sudo tee /opt/bench/script.txt\n"
-PAGE = "<p>bench</p>\n"
+from bench_build import PAGE, SCRIPT  # noqa: E402 - the files both templates' customizers read
 HCL = HERE / "handwritten.pkr.hcl"
 
 
-def template() -> dict:
-    return {
-        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "local",
-        "properties": {
-            "vmProfile": {"vmSize": "Standard_B1ms", "osDiskSizeGB": 4},  # 1 vCPU, 2 GiB
-            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12",
-                       "version": "latest"},
-            "customize": [
-                {"type": "Shell", "name": "inline", "inline": [
-                    "sudo mkdir -p /opt/bench", "echo inline | sudo tee /opt/bench/inline.txt"]},
-            ],
-            "distribute": [{"type": "VHD", "runOutputName": "bench"}],
-        },
-    }
+def template(files: Path) -> dict:
+    """bench_build.py's template (the same four customizers as handwritten.pkr.hcl), with a
+    1 vCPU / 2 GiB build VM so that two fit on two cores."""
+    from bench_build import template as build_template  # noqa: PLC0415
+
+    data = build_template(files)
+    data["properties"]["vmProfile"]["vmSize"] = "Standard_B1ms"  # 1 vCPU, 2 GiB
+    return data
 
 
 def host_memory_mib() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
-
-
-def hcl_sizes_are_variables() -> bool:
-    text = HCL.read_text()
-    return 'variable "cpus"' in text and 'variable "memory"' in text
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -99,9 +85,8 @@ def main(argv: list[str]) -> int:
     base = max(records, key=lambda r: version_key(r.version)).path
     cores = os.cpu_count() or 1
     memory_mib = host_memory_mib() * 3 // 4
-    sized_hcl = hcl_sizes_are_variables()
-    hcl_vars = ["-var", "cpus=1", "-var", "memory=2048"] if sized_hcl else []
-    baseline_vm = "1 vCPU / 2048 MiB" if sized_hcl else "2 vCPUs / 4096 MiB, hard-coded in the HCL"
+    hcl_vars = ["-var", "cpus=1", "-var", "memory=2048"]
+    baseline_vm = "1 vCPU / 2048 MiB"
     print(f"host: {cores} CPUs; capacity: cpus = {cores}, memory_mib = {memory_mib}; "
           f"ours: Standard_B1ms (1 vCPU / 2048 MiB); baseline VM: {baseline_vm}", flush=True)
 
@@ -120,7 +105,7 @@ def main(argv: list[str]) -> int:
                                       "--sku", "12", "--version", "1.0.0"], check=True, env=env,
                        capture_output=True)
         (home / "config.toml").write_text(f"[capacity]\ncpus = {cores}\nmemory_mib = {memory_mib}\n")
-        (work / "t.json").write_text(json.dumps(template()))
+        (work / "t.json").write_text(json.dumps(template(files)))
 
         seed = work / "seed"
         seed.mkdir()
@@ -215,9 +200,6 @@ def main(argv: list[str]) -> int:
                     print(f"  N={n} round {round_ + 1}: {label:6s} {times[label][-1]:7.1f} s", flush=True)
 
     print()
-    if not sized_hcl:
-        print("note: bench/handwritten.pkr.hcl hard-codes 2 vCPUs / 4096 MiB (no variables for them) and runs "
-              "4 customizers; ours is 1 vCPU / 2048 MiB with 1 customizer")
     print(f"{'N':>3} {'orchestrate s':>14} {'raw seq s':>10} {'ours/h':>8} {'raw/h':>8} {'ratio':>7}  verdict")
     for n, times in results.items():
         ours_s = sum(times["ours"]) / len(times["ours"])

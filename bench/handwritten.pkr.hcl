@@ -5,13 +5,21 @@ variable "output_dir" { type = string }
 variable "ssh_key" { type = string }
 variable "seed_dir" { type = string }
 variable "files_dir" { type = string }
+variable "cpus" {
+  type    = number
+  default = 2 # Standard_B2s, as bench/bench_build.py's template
+}
+variable "memory" {
+  type    = number
+  default = 4096
+}
 
 source "qemu" "bench" {
   accelerator      = "tcg"
   headless         = true
   boot_wait        = "0s"
-  cpus             = 2
-  memory           = 4096
+  cpus             = var.cpus
+  memory           = var.memory
   disk_image       = true
   iso_url          = var.base_image
   iso_checksum     = "none"

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true")
     cancel = sub.add_parser("cancel", help="cancel a run (queued or building)")
     cancel.add_argument("run_id", metavar="RUN", help=run_help)
+    cancel.add_argument("--json", action="store_true")
     logs = sub.add_parser("logs", help="print a run's customization.log")
     logs.add_argument("run_id", metavar="RUN", help=run_help)
     logs.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")

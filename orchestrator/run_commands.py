@@ -244,7 +244,10 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     try:
         Runs(state).transition(run_id, "cancel")
     except AlreadyCanceling as exc:
-        print(f"{exc.message}; nothing more to do", file=sys.stderr)
+        if args.json:
+            emit({"ok": True, "runId": run_id, "runState": "Canceling", "message": exc.message})
+        else:
+            print(f"{exc.message}; nothing more to do", file=sys.stderr)
         return 0
     try:
         signalled = bool(pid) and signal_process(pid, started, signal.SIGTERM)
@@ -253,7 +256,10 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
                          hint="run `orchestrate cancel` as the user that started the build") from None
     if not signalled:  # it died between recovery and now: the next command recovers it
         store(config)
-    print(f"cancel requested for {run_id} (Canceling)")
+    if args.json:
+        emit({"ok": True, "runId": run_id, "runState": "Canceling", "message": "cancel requested"})
+    else:
+        print(f"cancel requested for {run_id} (Canceling)")
     return 0
 
 

@@ -328,8 +328,8 @@ def test_plain_and_json_progress():
         sink(event)
     parsed = [json.loads(line) for line in lines.getvalue().splitlines()]
     assert [p["kind"] for p in parsed] == ["phase", "log", "step"]
-    assert parsed[2] == {"kind": "step", "what": "step 1 of 2: install", "elapsed": 1.0, "run_id": "r1",
-                         "sub_state": "Customizing", "step": 1, "steps": 2}
+    assert parsed[2] == {"kind": "step", "what": "step 1 of 2: install", "elapsed": 1.0, "runId": "r1",
+                         "runSubState": "Customizing", "step": 1, "steps": 2}
 
 
 def test_the_reporter_redacts_what_it_reports():

@@ -224,7 +224,7 @@ def test_a_capacity_queue_cancel_while_queued_and_fetching_and_secrets_never_sho
     assert row_b["run_state"] == "Succeeded"
     assert row_b["admitted_at"] >= store.run(run_a["id"])["end_time"]  # it started when A gave the host back
     events = [json.loads(line) for line in b.stderr.splitlines() if line.startswith("{")]
-    assert any(e["kind"] == "phase" and e.get("sub_state") == "Queued" for e in events)
+    assert any(e["kind"] == "phase" and e.get("runSubState") == "Queued" for e in events)
     assert any(e["kind"] == "step" and e["what"] == "step 1 of 2: useSecret" for e in events)
     log = Path(row_b["log_path"]).read_text()
     assert "the secret is ***" in log and "hello from a signed URL" in log

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from orchestrator.core.render import ProvisionerBlock
-from orchestrator.effects.proc import alive, line_queue
+from orchestrator.effects.proc import kill_until_gone, line_queue
 from orchestrator.effects.runlog import RunLog
 from orchestrator.errors import EnvironmentProblem
 
@@ -168,19 +168,5 @@ def qemu_pids(marker: str) -> list[int]:
 
 
 def kill_leftover_qemu(marker: str, patience: float = 60.0) -> int:
-    """SIGKILLs every QEMU of the run and waits until none is left (a loaded host can take a
-    while to tear down a guest's memory); returns how many there were."""
-    killed: set[int] = set()
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        pids = [pid for pid in qemu_pids(marker) if alive(pid)]
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        killed.update(pids)
-        time.sleep(0.05)  # not ours to wait() on: QEMU is Packer's child
-    return len(killed)
+    """SIGKILLs every QEMU of the run and waits until none is left; returns how many there were."""
+    return kill_until_gone(lambda: qemu_pids(marker), patience)

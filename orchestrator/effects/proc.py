@@ -6,8 +6,9 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
-from typing import IO, AnyStr, Sequence
+from typing import IO, AnyStr, Callable, Sequence
 
 from orchestrator.errors import BuildFailed, EnvironmentProblem
 
@@ -94,12 +95,16 @@ def run_processes(run_id: str) -> list[int]:
 
 def kill_run_processes(run_id: str, patience: float = 30.0) -> int:
     """SIGKILLs every process of the run until none is left; returns how many there were."""
-    import time
+    return kill_until_gone(lambda: run_processes(run_id), patience)
 
+
+def kill_until_gone(find: Callable[[], list[int]], patience: float) -> int:
+    """SIGKILLs the processes `find` names until it names no live one (a loaded host can take a
+    while to tear down a guest's memory); returns how many there were."""
     killed: set[int] = set()
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
-        pids = [pid for pid in run_processes(run_id) if alive(pid)]
+        pids = [pid for pid in find() if alive(pid)]
         if not pids:
             break
         for pid in pids:
@@ -108,7 +113,7 @@ def kill_run_processes(run_id: str, patience: float = 30.0) -> int:
             except ProcessLookupError:
                 pass
         killed.update(pids)
-        time.sleep(0.05)  # a killed process's memory takes a moment to go; not ours to wait() on
+        time.sleep(0.05)  # not ours to wait() on (Packer's children, or an orphan)
     return len(killed)
 
 

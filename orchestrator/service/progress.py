@@ -21,7 +21,9 @@ class Event:
     source: str | None = None  # of a log line: the customizer or phase it belongs to
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """For JSON lines, in the camelCase of orchestrator's other JSON (runId, runSubState)."""
+        names = {"run_id": "runId", "sub_state": "runSubState"}
+        return {names.get(k, k): v for k, v in asdict(self).items() if v is not None}
 
 
 Sink = Callable[[Event], None]
