@@ -16,7 +16,7 @@ from orchestrator.core import model as m
 from orchestrator.core.document import is_trigger, load_document, load_trigger, parse_json
 from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.core.problems import Problem
-from orchestrator.core.redact import scrub
+from orchestrator.core.redact import Redactor, scrub
 from orchestrator.core.render import RenderContext, render_linux
 from orchestrator.errors import SourceNotFound, TemplateInvalid, UsageError
 
@@ -167,7 +167,7 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     check_host_policy(config, template, args, name)
     plan = _plan_for_display(config, template, name)
     if args.json:
-        emit({**shown_plan(plan),
+        emit({**Redactor.of(template.secrets).data(shown_plan(plan)),  # inline commands may hold secrets
               "warnings": [w.as_dict() for w in template.warnings]})
         return 0
     print(f"template {name} ({plan.os_type}, from {plan.os_type_reason})")
@@ -209,7 +209,7 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
         make_private_dir(work)
         _, public_key = make_key_pair(work / KEY_NAME, f"orchestrator-render-{name}")
     try:
-        return _render_into(args, plan, work, public_key, downloads, config)
+        return _render_into(args, plan, work, public_key, downloads, config, template.secrets)
     except BaseException:
         if args.output:  # nothing half written stays behind: the key, and the directory if it is ours
             (work / KEY_NAME).unlink(missing_ok=True)
@@ -219,7 +219,7 @@ def cmd_render(args: argparse.Namespace, config: Config) -> int:
 
 
 def _render_into(args: argparse.Namespace, plan, work: Path, public_key: str, downloads: dict[str, str],
-                 config: Config) -> int:
+                 config: Config, plan_secrets: Sequence[str] = ()) -> int:
     from orchestrator.pipeline.build import KEY_NAME, write_rendered
 
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
@@ -241,7 +241,7 @@ def _render_into(args: argparse.Namespace, plan, work: Path, public_key: str, do
     else:
         rendered = render_linux(plan, ctx)
     if not args.output:
-        sys.stdout.write(rendered.hcl)
+        sys.stdout.write(Redactor.of(plan_secrets)(rendered.hcl))  # to look at; -o DIR writes real values
         return 0
     print(write_rendered(work, rendered, secrets_files))
     if secrets_files:

@@ -8,32 +8,41 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from orchestrator.config import Config
 from orchestrator.core import model as m
 from orchestrator.core.buildable import build_problems
 from orchestrator.core.plan import BuildPlan, make_plan
 from orchestrator.core.redact import Redactor
-from orchestrator.distribute import DistributeJob, distributor_for
+from orchestrator.distribute import DistributeJob
 from orchestrator.effects.accel import choose_accelerator
 from orchestrator.effects.catalog import Catalog
 from orchestrator.effects.downloads import DownloadCache, display_url
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.hostpolicy import HostPolicy, template_problems
-from orchestrator.effects.proc import RUN_ENV, Stop, process_start_time
+from orchestrator.effects.proc import (
+    Stop,
+    process_start_time,
+    run_environment,
+    stop_on_signals,
+)
 from orchestrator.effects.runlog import RunLog
 from orchestrator.effects.state import StateStore
-from orchestrator.errors import BuildTimeout, Canceled, OrchestratorError, TemplateInvalid
+from orchestrator.errors import (
+    BuildTimeout,
+    Canceled,
+    OrchestratorError,
+    TemplateInvalid,
+)
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
+from orchestrator.pipeline.reuse import adopt_outputs, reusable_run
 from orchestrator.pipeline.sizing import capacity, demand, fit_to_host
 from orchestrator.pipeline.sources import resolve as resolve_source
 from orchestrator.pipeline.staging import Staging
@@ -95,7 +104,7 @@ class Engine:
         log = RunLog(records / "customization.log", redact, listener=reporter.line)
         run = _Run(run_id, plan, log, reporter, stop, records)
         outcome: tuple[str, str] = ("fail", "internal error")
-        with _run_environment(run_id), _cancel_handlers(stop):
+        with run_environment(run_id), stop_on_signals(stop):
             try:
                 result = self._walk(run, template, template_text, policy, force)
                 outcome = (result.run_state, result.message)
@@ -145,9 +154,13 @@ class Engine:
         fetched = fetch_all(plan, self.cache, self.config, policy, log, stop, deadline)
         digest = plan.digest(fetched.digests)
         self.state.update_run(run.id, build_digest=digest)
-        reused = None if force else self._reuse(plan, run.id, digest, log, run.reporter)
-        if reused:
-            return reused
+        previous = None if force else reusable_run(self.state, plan, digest, log)
+        if previous is not None:
+            adopt_outputs(self.state, run.id, previous)
+            note = f"up to date: nothing changed since run {previous['id']}; its outputs are reused (--force rebuilds)"
+            log.write("orchestrator", note)
+            run.reporter.note(note)
+            return BuildResult(run.id, "Succeeded", self.state.outputs(run.id), log.path, previous["id"], note)
         disk = run.staging.packer_output / "disk.qcow2"
         run.phase = "preparing the image store"
         prepare_store(self.config, self.state, template, plan, run.id, disk, log, run.reporter, stop,
@@ -219,33 +232,6 @@ class Engine:
 
         return on_source
 
-    def _reuse(self, plan: BuildPlan, run_id: str, digest: str, log: RunLog,
-               progress: Reporter) -> BuildResult | None:
-        """An earlier run with the same digest, if each of its artifacts is still what it recorded."""
-        previous = self.state.last_success(plan.name, digest)
-        if previous is None:
-            return None
-        outputs = self.state.outputs(previous["id"], internal=True)
-        if len(outputs) != len(plan.targets):
-            return None
-        for output in outputs:
-            verdict = distributor_for(output["type"]).reusable(output)
-            if verdict.why:
-                log.write("orchestrator", f"run output {output['name']!r} of run {previous['id']}: {verdict.why}")
-            if not verdict.ok:
-                log.write("orchestrator", "not up to date: building again")
-                return None
-        for output in outputs:
-            props = output["properties"]
-            extra = {k: v for k, v in props.items() if k not in ("artifactId", "artifactUri", "provisioningState")}
-            self.state.set_output(run_id, output["name"], output["type"], "Succeeded",
-                                  props["artifactId"], props["artifactUri"], {**extra, "reusedFromRun": previous["id"]})
-        note = f"up to date: nothing changed since run {previous['id']}; its outputs are reused (--force rebuilds)"
-        log.write("orchestrator", note)
-        progress(note)
-        return BuildResult(run_id, "Succeeded", self.state.outputs(run_id), log.path, reused_run=previous["id"],
-                           message=note)
-
 
 @dataclass
 class _Run:
@@ -288,33 +274,3 @@ def _as_stop(exc: OrchestratorError, stop: Stop, phase: str) -> OrchestratorErro
     except OrchestratorError as error:
         return error
     return exc
-
-
-@contextmanager
-def _run_environment(run_id: str) -> Iterator[None]:
-    """Every process the run starts inherits its id (recovery finds orphans by it)."""
-    before = os.environ.get(RUN_ENV)
-    os.environ[RUN_ENV] = run_id
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(RUN_ENV, None)
-        else:
-            os.environ[RUN_ENV] = before
-
-
-@contextmanager
-def _cancel_handlers(stop: Stop) -> Iterator[None]:
-    """SIGTERM (orchestrate cancel) and SIGINT (Ctrl-C) stop the run cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: stop.request("cancel"))
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -352,3 +352,21 @@ def test_the_live_view_draws_on_a_terminal():
     sink(Event("log", "Setting up nginx", 2.1, "r1", source="customizer:installNginx"))
     close()
     assert "booting the build VM (tcg)" in out.getvalue()
+
+
+def test_plan_and_render_output_mask_secure_parameters(tmp_path, config, capsys):
+    deployment = {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+                  "contentVersion": "1.0.0.0", "parameters": {"token": {"type": "securestring"}},
+                  "resources": [{"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-02-14",
+                                 "name": "t", "location": "local", "properties": linux_template(customize=[
+                                     {"type": "Shell", "name": "s",
+                                      "inline": ["[concat('login --token ', parameters('token'))]"]}])["properties"]}]}
+    path = tmp_path / "d.json"
+    path.write_text(dumps(deployment))
+    home = ["--home", str(config.home)]
+    for verb in (["plan", "--json"], ["plan"], ["render"], ["validate", "--json"]):
+        assert main([*home, *verb, str(path), "-p", "token=tok-SECRET-9876"]) == 0
+        out = capsys.readouterr()
+        assert "tok-SECRET-9876" not in out.out + out.err, verb
+    assert main([*home, "plan", "--json", str(path), "-p", "token=tok-SECRET-9876"]) == 0
+    assert "login --token ***" in capsys.readouterr().out

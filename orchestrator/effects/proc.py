@@ -7,8 +7,9 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, AnyStr, Callable, Sequence
+from typing import IO, AnyStr, Callable, Iterator, Sequence
 
 from orchestrator.errors import BuildFailed, EnvironmentProblem
 
@@ -182,3 +183,34 @@ def line_queue(stream: IO[AnyStr]) -> "queue.Queue[AnyStr | None]":
 
     threading.Thread(target=pump, daemon=True).start()
     return lines
+
+
+@contextmanager
+def run_environment(run_id: str) -> Iterator[None]:
+    """Every process the run starts inherits its id in RUN_ENV (recovery finds orphans by it)."""
+    before = os.environ.get(RUN_ENV)
+    os.environ[RUN_ENV] = run_id
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_ENV, None)
+        else:
+            os.environ[RUN_ENV] = before
+
+
+@contextmanager
+def stop_on_signals(stop: Stop) -> Iterator[None]:
+    """SIGTERM (orchestrate cancel) and SIGINT (Ctrl-C) stop the run cleanly; only the main
+    thread can take signals, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: stop.request("cancel"))
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
