@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         if debug:
             traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"internal error: {type(exc).__name__}: {scrub(str(exc))}", file=sys.stderr)
         print("  hint: this is a bug in orchestrator; run again with --debug and report the traceback",
               file=sys.stderr)
         return INTERNAL_ERROR
@@ -150,7 +150,8 @@ def _report_error(exc: OrchestratorError, want_json: bool) -> None:
     problems = exc.problems if isinstance(exc, TemplateInvalid) else []
     warnings = exc.warnings if isinstance(exc, TemplateInvalid) else []
     if want_json:  # scrub: a problem may quote a signed URL as the template wrote it
-        print(scrub(json.dumps({"ok": False, "error": {
+        run = {"runId": exc.run_id, "log": exc.log_path} if getattr(exc, "run_id", None) else {}
+        print(scrub(json.dumps({"ok": False, **run, "error": {
             "kind": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exitCode": int(exc.exit_code),
             "problems": [p.as_dict() for p in problems]}, "warnings": [w.as_dict() for w in warnings]}, indent=2)))
         return

@@ -25,13 +25,8 @@ from orchestrator.effects.catalog import Catalog
 from orchestrator.effects.downloads import DownloadCache, display_url
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.hostpolicy import HostPolicy, template_problems
-from orchestrator.effects.proc import (
-    Stop,
-    process_start_time,
-    run_environment,
-    stop_on_signals,
-)
-from orchestrator.effects.runlog import RunLog
+from orchestrator.effects.proc import Stop, kill_run_processes, process_start_time, run_environment, stop_on_signals
+from orchestrator.effects.runlog import RedactedCopy, RunLog
 from orchestrator.effects.state import StateStore
 from orchestrator.errors import (
     BuildTimeout,
@@ -95,34 +90,42 @@ class Engine:
         reporter = progress if isinstance(progress, Reporter) else _text_reporter(progress)
         redact = reporter.redact = Redactor.of(template.secrets)
         self.recover()  # runs that died give back their share of the host first
-        run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log",
-                                      pid=os.getpid(), pid_start_time=process_start_time(os.getpid()),
-                                      template_sha256=template_sha256)
-        reporter.run_id = run_id
-        records = self.run_dir(run_id)
-        records.mkdir(mode=0o700, parents=True)
-        log = RunLog(records / "customization.log", redact, listener=reporter.line)
-        run = _Run(run_id, plan, log, reporter, stop, records)
+        with stop_on_signals(stop):  # before the run is recorded: a cancel may come at once
+            run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log",
+                                          pid=os.getpid(), pid_start_time=process_start_time(os.getpid()),
+                                          template_sha256=template_sha256)
+            reporter.run_id = run_id
+            records = self.run_dir(run_id)
+            records.mkdir(mode=0o700, parents=True)
+            log = RunLog(records / "customization.log", redact, listener=reporter.line)
+            run = _Run(run_id, plan, log, reporter, stop, records)
+            with run_environment(run_id):
+                return self._run(run, template, template_text, policy, force)
+
+    def _run(self, run: "_Run", template: m.ImageTemplate, template_text: str, policy: HostPolicy,
+             force: bool) -> BuildResult:
+        """The run's walk, its errors as the run's end, and its clean-up whatever happens."""
+        redact, stop, log = run.reporter.redact, run.stop, run.log
         outcome: tuple[str, str] = ("fail", "internal error")
-        with run_environment(run_id), stop_on_signals(stop):
-            try:
-                result = self._walk(run, template, template_text, policy, force)
-                outcome = (result.run_state, result.message)
-                return result
-            except OrchestratorError as exc:
-                error = _as_stop(exc, stop, run.phase)
-                error.message, error.hint = redact(error.message), error.hint and redact(error.hint)
-                outcome = ("canceled" if isinstance(error, Canceled) else "fail", error.message)
-                log.write("orchestrator", f"{'Canceled' if isinstance(error, Canceled) else 'Failed'}: {error.message}")
-                if error is exc:
-                    raise
-                raise error from None
-            except BaseException as exc:
-                outcome = ("fail", redact(f"internal error: {exc!r}"))
-                log.write("orchestrator", outcome[1])
+        try:
+            result = self._walk(run, template, template_text, policy, force)
+            outcome = (result.run_state, result.message)
+            return result
+        except OrchestratorError as exc:
+            error = _as_stop(exc, stop, run.phase)
+            error.message, error.hint = redact(error.message), error.hint and redact(error.hint)
+            error.run_id, error.log_path = run.id, str(log.path)  # for the fronts' --json
+            outcome = ("canceled" if isinstance(error, Canceled) else "fail", error.message)
+            log.write("orchestrator", f"{'Canceled' if isinstance(error, Canceled) else 'Failed'}: {error.message}")
+            if error is exc:
                 raise
-            finally:
-                self._finish(run, outcome)
+            raise error from None
+        except BaseException as exc:
+            outcome = ("fail", redact(f"internal error: {exc!r}"))
+            log.write("orchestrator", outcome[1])
+            raise
+        finally:
+            self._finish(run, outcome)
 
     def _walk(self, run: "_Run", template: m.ImageTemplate, template_text: str, policy: HostPolicy,
               force: bool) -> BuildResult:
@@ -168,15 +171,17 @@ class Engine:
         accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
                                         Path(plan.source.path), self.config.qemu_system)
         log.write("orchestrator", f"accelerator: {accel} ({why})")
+        console = run.staging.root / "console.log"  # QEMU writes it; the records get it redacted
         rendered, run.vm = render_build(plan, run.staging.root, run.id, accel, fetched.paths, self.config.vnc,
-                                        console_log=run.records / "console.log")
+                                        console_log=console)
         self._phase(run, "Building", f"booting the build VM ({accel})", "booting the build VM")
-        run_build(plan, self.config, run.staging.root, rendered, run.vm, log, deadline, stop,
-                  self._step_reporter(run, rendered), temp=run.staging.temp)
+        with RedactedCopy(console, run.records / "console.log", redact):
+            run_build(plan, self.config, run.staging.root, rendered, run.vm, log, deadline, stop,
+                      self._step_reporter(run, rendered), temp=run.staging.temp)
         self._phase(run, "Distributing", "distributing", "distributing")
         done = distribute_all(lambda target: DistributeJob(
             self.config, self.state, plan, target, run.id, run.vm.disk, log, run.reporter, stop,
-            self.state.wrote_artifact), plan, stop)
+            self.state.wrote_artifact), plan, stop, redact)
         event, message = done.outcome(plan)
         state = "Succeeded" if event == "succeed" else "PartiallySucceeded"
         log.write("orchestrator", state + (f": {message}" if message else ""))
@@ -193,6 +198,7 @@ class Engine:
                 run.staging.kept = True
                 run.log.write("orchestrator", f"errorHandling abort: the build VM's disk and SSH key stay in "
                               f"{run.staging.root} (remove it when done)")
+        kill_run_processes(run.id)  # none should be left; if an error cut Packer short, none will be
         if run.staging is not None:
             run.staging.remove()
         event, message = outcome

@@ -250,6 +250,11 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     try:
         Runs(state).transition(run_id, "cancel")
     except AlreadyCanceling as exc:
+        try:  # the signal again: harmless, and it reaches a process an earlier cancel could not
+            if pid and started is not None:
+                signal_process(pid, started, signal.SIGTERM)
+        except PermissionError:
+            pass
         if args.json:
             emit({"ok": True, "runId": run_id, "runState": "Canceling", "message": exc.message})
         else:
@@ -258,6 +263,7 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     try:
         signalled = bool(pid) and signal_process(pid, started, signal.SIGTERM)
     except PermissionError:
+        state.update_run(run_id, run_state="Running")  # not canceling after all: the signal never went
         raise UsageError(f"not allowed to signal the build process of run {run_id} (pid {pid})",
                          hint="run `orchestrate cancel` as the user that started the build") from None
     if not signalled:  # it died between recovery and now: the next command recovers it

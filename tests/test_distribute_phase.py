@@ -4,6 +4,7 @@ a stop ends the phase."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import threading
@@ -79,3 +80,19 @@ def test_a_stop_ends_the_phase_before_the_next_target(config, tmp_path):
         distribute_all(job_for, plan, stop)
     log.close()
     assert state.outputs(run_id) == [] and not list(config.artifacts_dir.rglob("*.vhd"))
+
+
+def test_the_failures_it_records_are_redacted(config, tmp_path, full_dir):
+    from orchestrator.core.redact import Redactor
+
+    config = dataclasses.replace(config, vhd_dirs=(full_dir,))
+    disk = make_disk(tmp_path / "d", data_mib=32, overlay=False)
+    plan = plan_for([{"type": "VHD", "runOutputName": "tooBig", "uri": (full_dir / "tok-SECRET-1234.vhd").as_uri()},
+                     {"type": "VHD", "runOutputName": "fits"}])
+    state, run_id, log, job_for = _jobs(config, plan, disk)
+    done = distribute_all(job_for, plan, Stop(), Redactor.of(["tok-SECRET-1234"]))
+    log.close()
+    _, message = done.outcome(plan)
+    assert "tok-SECRET-1234" not in message and "***.vhd" in message
+    assert "tok-SECRET-1234" not in json.dumps(state.outputs(run_id))
+    assert "tok-SECRET-1234" not in (config.runs_dir / run_id / "customization.log").read_text()

@@ -105,6 +105,33 @@ def test_runs_wait_in_fifo_order_for_capacity(config):
     assert state.run(third)["admitted_at"] is not None
 
 
+def test_a_later_smaller_run_does_not_overtake_the_first_in_line(config):
+    state = StateStore(config.ensure().db_path)
+    queue = LocalAdmission(state, Capacity(cpus=2, memory_mib=8192))
+    first, big, small = (_start(state, config, f"t{i}") for i in range(3))
+    queue.admit(first, Demand(1, 1024, ()), Stop(), lambda why: None)
+    order: list[str] = []
+    waiting = {big: threading.Event(), small: threading.Event()}
+
+    def admit(run_id: str, cpus: int) -> None:
+        queue.admit(run_id, Demand(cpus, 1024, ()), Stop(), lambda why: waiting[run_id].set())
+        order.append(run_id)
+
+    threads = [threading.Thread(target=admit, args=(big, 2))]
+    threads[0].start()
+    assert waiting[big].wait(10)  # the 2-vCPU run waits for the first
+    threads.append(threading.Thread(target=admit, args=(small, 1)))
+    threads[1].start()
+    assert waiting[small].wait(10)  # the 1-vCPU run would fit beside the first, but is second in line
+    assert order == []
+    Runs(state).end(first, "succeed")
+    threads[0].join(10)
+    assert order == [big]  # the big one starts; the small one now waits for it (2 + 1 > 2)
+    Runs(state).end(big, "succeed")
+    threads[1].join(10)
+    assert order == [big, small]
+
+
 def test_two_runs_of_one_template_never_build_at_once(config):
     state = StateStore(config.ensure().db_path)
     queue = LocalAdmission(state, Capacity(cpus=64, memory_mib=1 << 20))
@@ -150,7 +177,10 @@ def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
     partial.write_bytes(b"half")
     other = vhd.with_name(".image.vhd.part-1")  # another writer's: not this run's
     other.write_bytes(b"other")
-    state.update_run(run_id, staging_dir=str(staging), claims=json.dumps([f"file:{vhd}"]))
+    state.update_run(run_id, claims=json.dumps([f"file:{vhd}"]))  # died before recording its staging
+    default = config.artifacts_dir / "t" / "vhd" / f".{run_id}.vhd.part-{dead_pid}"  # a VHD at its default place
+    default.parent.mkdir(parents=True)
+    default.write_bytes(b"half")
     orphan = subprocess.Popen(["sleep", "600"], env={**os.environ, RUN_ENV: run_id})
     try:
         assert run_processes(run_id) == [orphan.pid]
@@ -162,7 +192,7 @@ def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
     row = state.run(run_id)
     assert row["run_state"] == "Failed" and "ended without recording a result" in row["message"]
     assert "1 orphaned process(es) stopped" in row["message"]
-    assert not staging.exists() and not partial.exists() and other.exists()
+    assert not staging.exists() and not partial.exists() and other.exists() and not default.exists()
     assert said and run_id in said[0]
     assert recover(config, state) == []  # once
 
@@ -370,3 +400,16 @@ def test_plan_and_render_output_mask_secure_parameters(tmp_path, config, capsys)
         assert "tok-SECRET-9876" not in out.out + out.err, verb
     assert main([*home, "plan", "--json", str(path), "-p", "token=tok-SECRET-9876"]) == 0
     assert "login --token ***" in capsys.readouterr().out
+
+
+def test_the_console_copy_is_redacted_and_complete(tmp_path):
+    from orchestrator.effects.runlog import RedactedCopy
+
+    source, dest = tmp_path / "console.log", tmp_path / "records.log"
+    with RedactedCopy(source, dest, Redactor.of(["hunter2-secret"]), interval=0.01):
+        with open(source, "ab") as writer:  # QEMU's side: appends as the guest prints
+            writer.write(b"boot line\r\nthe password is hunter2-sec")
+            writer.flush()
+            writer.write(b"ret\nlast line without newline")
+    assert dest.read_bytes() == b"boot line\r\nthe password is ***\nlast line without newline\n"
+    assert oct(dest.stat().st_mode & 0o777) == "0o600"

@@ -78,6 +78,21 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = WAIT, 
     pytest.fail(f"timed out waiting for {what}")
 
 
+def stop_outside_a_transaction(process: Started, db_path: Path) -> None:
+    """SIGSTOPs the process at a moment it holds no write lock on the state database (a queued
+    run takes one four times a second): stopped inside one, it would block every command."""
+    for _ in range(100):
+        os.kill(process.proc.pid, signal.SIGSTOP)
+        try:
+            with sqlite3.connect(db_path, timeout=0.2, isolation_level=None) as db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # stopped holding the lock: let it go on, and again
+            os.kill(process.proc.pid, signal.SIGCONT)
+    pytest.fail("the queued run held the database's write lock every time")
+
+
 def run_of(config, template_name: str, process: Started | None = None) -> dict:
     return wait_for(f"a run of {template_name}", lambda: (StateStore(config.db_path).runs(template_name) or [None])[0],
                     process=process)
@@ -91,6 +106,7 @@ def log_has(run: dict, text: str) -> Callable[[], bool]:
 def assert_cleaned_up(config, run_id: str) -> None:
     assert run_processes(run_id) == [], "a process of the run survived"
     assert not (config.home / "staging" / run_id).exists()
+    assert not list(Path("/tmp").glob(f"orchestrator-{run_id}-*"))  # Packer's temporaries, if they were there
     assert not list(config.artifacts_dir.rglob("*.vhd")) and not list(config.artifacts_dir.rglob(".*part*"))
 
 
@@ -172,7 +188,9 @@ def test_a_capacity_queue_cancel_while_queued_and_fetching_and_secrets_never_sho
         {"type": "Shell", "name": "blocked", "scriptUri": f"{url}/block.sh"}])))
     signed = f"{url}/hello.sh?sv=2022-11-02&ss=b&sp=r&sig={SIGNATURE}"
     queued_props = linux_template(customize=[
-        {"type": "Shell", "name": "useSecret", "inline": ["[concat('echo the secret is ', parameters('adminSecret'))]"]},
+        {"type": "Shell", "name": "useSecret", "inline": [
+            "[concat('echo the secret is ', parameters('adminSecret'))]",
+            "[concat('echo on the console ', parameters('adminSecret'), ' | sudo tee /dev/ttyS0')]"]},
         {"type": "Shell", "name": "signed", "scriptUri": signed}])["properties"]
     deployment = tmp_path / "queued.json"
     deployment.write_text(dumps(_deployment(queued_props)))
@@ -196,7 +214,7 @@ def test_a_capacity_queue_cancel_while_queued_and_fetching_and_secrets_never_sho
         status = json.loads(_cli(home, "status", run_c["id"], "--json").stdout)["lastRunStatus"]
         assert (status["runState"], status["runSubState"]) == ("Running", "Queued")
 
-        os.kill(c.proc.pid, signal.SIGSTOP)  # C cannot act on the cancel yet: Canceling must show
+        stop_outside_a_transaction(c, imported_home.db_path)  # C cannot act on the cancel yet
         try:
             result = _cli(home, "cancel", run_c["id"])
             assert result.returncode == 0, result.stderr
@@ -228,6 +246,8 @@ def test_a_capacity_queue_cancel_while_queued_and_fetching_and_secrets_never_sho
     assert any(e["kind"] == "step" and e["what"] == "step 1 of 2: useSecret" for e in events)
     log = Path(row_b["log_path"]).read_text()
     assert "the secret is ***" in log and "hello from a signed URL" in log
+    console = Path(row_b["console_path"]).read_text(errors="replace")
+    assert "on the console ***" in console  # the guest printed it there; the copy kept is masked
 
     outputs = [created.stdout, b.out.read_text(), b.stderr]
     for args in (("runs", "--json"), ("status", run_b["id"], "--json"), ("template", "show", "queued", "--json"),

@@ -8,6 +8,7 @@ of signature-like query parameters. Pure: no I/O.
 """
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ class Redactor:
     @classmethod
     def of(cls, values: Iterable[str]) -> "Redactor":
         found = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH}
-        # a value also appears %-encoded in URLs and JSON-escaped in files
+        # a value also appears %-encoded in URLs and JSON-escaped in files (template.json)
         found |= {urllib.parse.quote(v, safe="") for v in list(found)}
+        found |= {json.dumps(v)[1:-1] for v in list(found)}
         return cls(tuple(sorted(found, key=len, reverse=True)))
 
     def __call__(self, text: str) -> str:

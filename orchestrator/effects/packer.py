@@ -87,6 +87,29 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
     lines = line_queue(proc.stdout)
     tracker = SourceTracker(blocks)
     result = PackerResult(exit_code=None)
+    try:
+        stopped_phase = _follow(proc, lines, tracker, result, log, deadline, cancel, on_source, on_line)
+    except BaseException:
+        # an error of ours (a full disk under the log, a closed progress pipe) must not leave
+        # Packer and its VM running: Packer is in a session of its own
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+        kill_leftover_qemu(vm_marker)
+        raise
+    result.exit_code = proc.wait()
+    log.write("orchestrator", f"packer exited with {result.exit_code}")
+    result.last_phase = stopped_phase or tracker.phase
+    killed = kill_leftover_qemu(vm_marker)
+    if killed:
+        log.write("orchestrator", f"killed {killed} leftover QEMU process(es) of this build")
+    return result
+
+
+def _follow(proc: subprocess.Popen, lines: "queue.Queue[str | None]", tracker: SourceTracker, result: PackerResult,
+            log: RunLog, deadline: float, cancel: threading.Event, on_source: Callable[[str], None],
+            on_line: Callable[[str, str], None]) -> str | None:
+    """Reads Packer's output until it exits, stopping it on deadline or cancel; returns the step
+    a stop interrupted, if one did."""
     stopping_since: float | None = None
     stopped_phase: str | None = None
     while True:
@@ -124,13 +147,7 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
             break
         if raw is not None:
             _take_line(raw, tracker, result, log, on_source, on_line)
-    result.exit_code = proc.wait()
-    log.write("orchestrator", f"packer exited with {result.exit_code}")
-    result.last_phase = stopped_phase or tracker.phase
-    killed = kill_leftover_qemu(vm_marker)
-    if killed:
-        log.write("orchestrator", f"killed {killed} leftover QEMU process(es) of this build")
-    return result
+    return stopped_phase
 
 
 def _take_line(raw: str, tracker: SourceTracker, result: PackerResult, log: RunLog,

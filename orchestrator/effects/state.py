@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from orchestrator.effects.state_schema import check_version, migrate
 from orchestrator.errors import EnvironmentProblem
 
+
 @dataclass(frozen=True)
 class ImageRecord:
     publisher: str
@@ -40,7 +41,10 @@ class StateStore:
         self.lock_timeout = lock_timeout
         if not read_only:
             if not path.exists():  # owner-only from the start: it names every run and artifact
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError:  # another first command made it meanwhile
+                    pass
             db = self._open()
             db.isolation_level = None  # the migration takes its own transaction
             try:

@@ -4,6 +4,7 @@ ends the phase at once: the target being written removes its half-written artifa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from orchestrator.core.plan import BuildPlan
 from orchestrator.distribute import DistributeJob, distributor_for
@@ -25,8 +26,10 @@ class Distributed:
         return "partial", f"{len(self.failures)} of {len(plan.targets)} distribution target(s) failed: {said}"
 
 
-def distribute_all(job_for, plan: BuildPlan, stop: Stop) -> Distributed:
-    """`job_for(target)` gives the DistributeJob of a target."""
+def distribute_all(job_for, plan: BuildPlan, stop: Stop,
+                   redact: Callable[[str], str] = lambda text: text) -> Distributed:
+    """`job_for(target)` gives the DistributeJob of a target; `redact` masks the run's secrets
+    in the failures it records."""
     done = Distributed()
     for target in plan.targets:
         stopped(stop, "distributing")
@@ -37,6 +40,7 @@ def distribute_all(job_for, plan: BuildPlan, stop: Stop) -> Distributed:
             stopped(stop, f"distributing {target.run_output_name!r}")
             if isinstance(exc, (Canceled, BuildTimeout)):
                 raise
+            exc.message = redact(exc.message)
             job.log.write("orchestrator", f"distribution target {target.run_output_name!r} failed: {exc.message}")
             job.state.set_output(job.run_id, target.run_output_name, target.kind, "Failed",
                                  details={"error": exc.message})

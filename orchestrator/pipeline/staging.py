@@ -16,8 +16,9 @@ from pathlib import Path
 
 from orchestrator.config import Config, make_private_dir
 
-# Packer puts unix sockets in $TMPDIR; a socket path has at most 108 bytes, and Packer adds ~40.
-_MAX_TEMP_PATH = 60
+# Packer puts its plugins' unix sockets in $TMPDIR ("/packer-plugin" and up to 10 digits); a
+# socket path has at most 107 bytes (measured: 75 works, 91 fails with "bind: invalid argument")
+_MAX_TEMP_PATH = 80
 
 
 @dataclass

@@ -41,8 +41,11 @@ class Reporter:
         self.started = time.monotonic()
 
     def _emit(self, kind: str, what: str, **fields: Any) -> None:
-        self.sink(Event(kind, self.redact(what), round(time.monotonic() - self.started, 1), self.run_id,
-                        self.sub_state, **fields))
+        try:
+            self.sink(Event(kind, self.redact(what), round(time.monotonic() - self.started, 1), self.run_id,
+                            self.sub_state, **fields))
+        except OSError:  # the progress pipe was closed (`| head`): the build goes on, unwatched
+            self.sink = lambda event: None
 
     def phase(self, sub_state: str, what: str) -> None:
         self.sub_state = sub_state

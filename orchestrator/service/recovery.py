@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ from orchestrator.effects.files import temp_name
 from orchestrator.effects.proc import kill_run_processes, process_start_time
 from orchestrator.effects.runlog import RunLog
 from orchestrator.errors import OrchestratorError
-from orchestrator.service.runs import RunEnded, Runs
+from orchestrator.service.runs import Runs
 
 
 def is_dead(run: dict[str, Any]) -> bool:
@@ -32,22 +33,27 @@ def is_dead(run: dict[str, Any]) -> bool:
 
 def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: None) -> list[str]:
     """Cleans up every dead run; returns their ids. Cheap when there is none (one query and a
-    /proc read per active run)."""
+    /proc read per active run). The run is ended first, in a transaction that checks it is
+    still active and dead, and only then are its processes and files touched: a run that
+    ended meanwhile (its kept disk, say) is never cleaned up by mistake."""
     recovered = []
     for run in state.active_runs():
         if not is_dead(run):
             continue
-        killed = kill_run_processes(run["id"])
-        removed = _remove_leftovers(run)
         message = (f"the orchestrate process of this run (pid {run.get('pid')}) ended without recording a result "
                    "(killed, or the host restarted)")
+        new = Runs(state).end_if_dead(run["id"], is_dead, message)
+        if new is None:
+            continue  # another process recovered it first, or it ended meanwhile
+        killed = kill_run_processes(run["id"])
+        removed = _remove_leftovers(config, run)
         extra = [f"{killed} orphaned process(es) stopped"] if killed else []
         extra += [f"removed {', '.join(removed)}"] if removed else []
-        try:
-            new = Runs(state).transition(run["id"], "process-gone", message + ("; " + "; ".join(extra) if extra else ""))
-        except RunEnded:
-            continue  # another process recovered it first, or it ended meanwhile
-        _note(run, f"{new}: {message}; recovered by pid {os.getpid()}" + ("; " + "; ".join(extra) if extra else ""))
+        if extra:
+            message += "; " + "; ".join(extra)
+            state.update_run(run["id"], message=message)
+        state.update_run(run["id"], pid=None, pid_start_time=None)
+        _note(run, f"{new}: {message}; recovered by pid {os.getpid()}")
         say(f"run {run['id']} ({run['template_name']}): {new}, {message}")
         recovered.append(run["id"])
     if recovered:
@@ -55,20 +61,27 @@ def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: N
     return recovered
 
 
-def _remove_leftovers(run: dict[str, Any]) -> list[str]:
+def _remove_leftovers(config: Config, run: dict[str, Any]) -> list[str]:
+    """Its staging and Packer temporaries (recorded, or where a run of this id puts them: it may
+    have died before recording them) and the VHDs it was writing under their temporary names."""
     removed = []
-    for key in ("staging_dir", "temp_dir"):
-        path = run.get(key)
-        if path and os.path.isdir(path):
+    dirs = {run.get("staging_dir"), run.get("temp_dir"), str(config.home / "staging" / run["id"])}
+    dirs |= {str(p) for p in Path(tempfile.gettempdir()).glob(f"orchestrator-{run['id']}-*")}
+    for path in sorted(d for d in dirs if d):
+        if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-    # a VHD the dead process was writing, under its temporary name (files.temp_name)
-    for claim in json.loads(run.get("claims") or "[]"):
-        if claim.startswith("file:"):
-            partial = temp_name(Path(claim[5:]), run["pid"]) if run.get("pid") else None
-            if partial is not None and partial.exists():
-                partial.unlink(missing_ok=True)
-                removed.append(str(partial))
+    pid = run.get("pid")
+    if not pid:
+        return removed
+    partials = [temp_name(Path(claim[5:]), pid) for claim in json.loads(run.get("claims") or "[]")
+                if claim.startswith("file:")]
+    # a VHD at its default place: artifacts/TEMPLATE/OUTPUT/RUN.vhd (files.temp_name's pattern)
+    partials += list(config.artifacts_dir.glob(f"*/*/.{run['id']}.vhd.part-{pid}"))
+    for partial in partials:
+        if partial.exists():
+            partial.unlink(missing_ok=True)
+            removed.append(str(partial))
     return removed
 
 

@@ -14,7 +14,7 @@ first, so a cancel and the run's own end never overwrite each other.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.errors import OrchestratorError, UsageError
 
@@ -79,6 +79,19 @@ class Runs:
                            "pid_start_time = NULL WHERE id = ?", (new, message or "", time.time(), run_id))
             else:
                 db.execute("UPDATE runs SET run_state = ? WHERE id = ?", (new, run_id))
+        return new
+
+    def end_if_dead(self, run_id: str, dead: Callable[[dict[str, Any]], bool], message: str) -> str | None:
+        """Ends the run by `process-gone` if, read again inside the transaction, it is still
+        active and `dead`; returns the new runState, or None when it was not (it ended, or
+        its process was seen alive): only then may recovery touch its files."""
+        with self.state.immediate() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row["run_state"] not in ACTIVE or not dead(dict(row)):
+                return None
+            new = next_state(row["run_state"], "process-gone", run_id)
+            db.execute("UPDATE runs SET run_state = ?, message = ?, end_time = ? WHERE id = ?",
+                       (new, message, time.time(), run_id))
         return new
 
     def sub_state(self, run_id: str, sub_state: str) -> None:

@@ -88,6 +88,7 @@ def delete(config: Config, state: Any, name: str) -> list[str]:
         ids = ", ".join(r["id"] for r in runs)
         raise UsageError(f"template {name!r} has a run in progress ({ids})",
                          hint=f"wait for it, or `orchestrate cancel {runs[0]['id']}`, then delete")
-    for run in runs:
+    for run in runs:  # its records, and a build VM disk errorHandling abort kept
         shutil.rmtree(config.runs_dir / Path(run["id"]).name, ignore_errors=True)
+        shutil.rmtree(config.home / "staging" / Path(run["id"]).name, ignore_errors=True)
     return [r["id"] for r in runs]
