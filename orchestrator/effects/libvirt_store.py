@@ -7,12 +7,15 @@ there that QEMU can read as a build's source.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+
 import os
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
@@ -91,16 +94,31 @@ class LibvirtStore:
                 raise StoreError(f"there is no storage pool {name!r} at {self.uri}",
                                  hint=f"create it (virsh pool-define-as {name} dir --target DIR), or "
                                       "run `orchestrate store init` to create the configured pools") from None
-            return self._create_pool(name, create_in / name)
+            return self._create_pool_once(name, create_in)
         if pool.info()[0] != libvirt.VIR_STORAGE_POOL_RUNNING:
-            try:
-                pool.create(0)
-            except libvirt.libvirtError as exc:
-                if pool.isActive():  # another run started it meanwhile
-                    return self._checked(name, pool)
-                raise self._fail(f"start storage pool {name!r}", exc,
-                                 hint=f"virsh -c {self.uri} pool-start {name}") from None
+            # a pool another run is creating (defined, not built yet) is started by that run:
+            # wait for it, then start the pool only if it is still stopped
+            with self._pool_lock(create_in):
+                if not pool.isActive():
+                    try:
+                        pool.create(0)
+                    except libvirt.libvirtError as exc:
+                        if not pool.isActive():
+                            raise self._fail(f"start storage pool {name!r}", exc,
+                                             hint=f"virsh -c {self.uri} pool-start {name}") from None
         return self._checked(name, pool)
+
+    @contextlib.contextmanager
+    def _pool_lock(self, create_in: Path | None) -> Iterator[None]:
+        """Pool creation and start, one at a time on this host (between processes and threads
+        alike: flock holds per open file)."""
+        if create_in is None:
+            yield
+            return
+        create_in.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(create_in / ".orchestrator-pools.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _checked(self, name: str, pool):
         kind = ElementTree.fromstring(pool.XMLDesc(0)).get("type")
@@ -109,6 +127,16 @@ class LibvirtStore:
                              hint=f"map the region to a pool of type {', '.join(DIR_POOL_TYPES)} in "
                                   f"[pools] of {self.config_source}")
         return pool
+
+    def _create_pool_once(self, name: str, create_in: Path):
+        """Creates the pool unless another run did while this one waited: concurrent publishes
+        to a new region would otherwise race between define, build and start."""
+        with self._pool_lock(create_in):
+            try:
+                self.conn.storagePoolLookupByName(name)
+            except self._libvirt.libvirtError:
+                return self._create_pool(name, create_in / name)
+        return self.pool(name, create_in)  # made meanwhile: started and checked as any other
 
     def _create_pool(self, name: str, path: Path):
         xml = (f"<pool type='dir'><name>{escape(name)}</name>"
