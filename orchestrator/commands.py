@@ -8,7 +8,7 @@ import shutil
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from orchestrator.config import Config, make_private_dir
@@ -27,13 +27,14 @@ def emit(data: Any) -> None:
     print(scrub(json.dumps(data, indent=2, default=str)))
 
 
-def print_problems(problems: Sequence[Problem], indent: str = "") -> None:
+def print_problems(problems: Sequence[Problem], indent: str = "", redact: Callable[[str], str] = scrub) -> None:
     """Problems to stderr, each with its path and rule; a hint once, where it first applies.
-    Warnings and notes carry their severity in front, errors (under their heading) do not."""
+    Warnings and notes carry their severity in front, errors (under their heading) do not.
+    Messages pass `redact` (the template's secrets, when known; secret shapes always)."""
     hinted: set[str] = set()
     for problem in problems:
         label = "" if problem.is_error else f"{problem.severity}: "
-        print(f"{indent}{label}{problem.path}: {scrub(problem.message)} [{problem.rule}]", file=sys.stderr)
+        print(f"{indent}{label}{problem.path}: {redact(problem.message)} [{problem.rule}]", file=sys.stderr)
         if problem.hint and problem.hint not in hinted:
             hinted.add(problem.hint)
             print(f"{indent}    hint: {problem.hint}", file=sys.stderr)
@@ -100,7 +101,7 @@ def load(args: argparse.Namespace, config: Config) -> tuple[m.ImageTemplate, str
                              strict=getattr(args, "strict", False))
     name = getattr(args, "name", None) or template.name or Path(args.template).stem
     if template.warnings and not args.json:
-        print_problems(template.warnings)
+        print_problems(template.warnings, redact=Redactor.of(template.secrets))
     return template, name, text
 
 

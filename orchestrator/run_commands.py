@@ -20,6 +20,7 @@ from orchestrator.commands import (
 from orchestrator.config import Config
 from orchestrator.core import model as m
 from orchestrator.core.document import load_document
+from orchestrator.core.redact import Redactor
 from orchestrator.errors import ExitCode, UsageError
 from orchestrator.service import templates as stored_templates
 from orchestrator.service.recovery import is_dead, recover
@@ -86,7 +87,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     template_record = stored_templates.get(store(config), args.name)
     template = template_record.load(config)
     if template.warnings and not args.json:
-        print_problems(template.warnings)
+        print_problems(template.warnings, redact=Redactor.of(template.secrets))
     return run_template(args, config, template, template_record.name, template_record.body,
                         template_record.file_path, template_record.sha256)
 
@@ -103,7 +104,7 @@ def _template_create(args: argparse.Namespace, config: Config) -> int:
     stored_templates.check_name(args.name)
     template = load_document(text, args.file, parameters, config.arm_functions(), strict=args.strict)
     if template.warnings and not args.json:
-        print_problems(template.warnings)
+        print_problems(template.warnings, redact=Redactor.of(template.secrets))
     check_host_policy(config, template, argparse.Namespace(template=args.file), args.name)
     verdict, saved = stored_templates.create(store(config), args.name, text, parameters,
                                              str(Path(args.file).resolve()), update=args.update)
