@@ -28,12 +28,7 @@ from orchestrator.effects.hostpolicy import HostPolicy, template_problems
 from orchestrator.effects.proc import Stop, kill_run_processes, process_start_time, run_environment, stop_on_signals
 from orchestrator.effects.runlog import RedactedCopy, RunLog
 from orchestrator.effects.state import StateStore
-from orchestrator.errors import (
-    BuildTimeout,
-    Canceled,
-    OrchestratorError,
-    TemplateInvalid,
-)
+from orchestrator.errors import BuildTimeout, Canceled, OrchestratorError, TemplateInvalid
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all

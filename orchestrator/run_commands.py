@@ -10,13 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands import (
-    check_host_policy,
-    emit,
-    load_parameters,
-    print_problems,
-    read_text,
-)
+from orchestrator.commands import check_host_policy, emit, load_parameters, print_problems, read_text
 from orchestrator.config import Config
 from orchestrator.core import model as m
 from orchestrator.core.document import load_document
