@@ -52,6 +52,23 @@ def template(files: Path) -> dict:
     }
 
 
+def import_base(orchestrate: list[str], base: str, env: dict[str, str]) -> None:
+    """The base image, imported into the benchmark's own data home (env's ORCHESTRATOR_HOME)."""
+    subprocess.run(orchestrate + ["image", "import", base, "--publisher", "Debian", "--offer", "debian-12",
+                                  "--sku", "12", "--version", "1.0.0"], check=True, env=env, capture_output=True)
+
+
+def handwritten_seed(work: Path) -> tuple[Path, Path]:
+    """(seed directory, private key) of the hand-written baseline: bench/user-data.tmpl as a
+    Packer user writes it, with a key of its own."""
+    seed = work / "seed"
+    seed.mkdir()
+    key, public = make_key_pair(work / "id_ed25519", "bench")
+    (seed / "meta-data").write_text("instance-id: bench\n")
+    (seed / "user-data").write_text((HERE / "user-data.tmpl").read_text().replace("@PUBLIC_KEY@", public))
+    return seed, key
+
+
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     records = StateStore(default_home() / "state.db").images("Debian", "debian-12", "12")
@@ -68,16 +85,9 @@ def main() -> int:
         env = dict(os.environ, ORCHESTRATOR_HOME=str(work / "home"), ORCHESTRATOR_ACCELERATOR="tcg",
                    CHECKPOINT_DISABLE="1", PACKER_CACHE_DIR=str(work / "packer-cache"))
         orchestrate = [sys.executable, "-m", "orchestrator"]
-        subprocess.run(orchestrate + ["image", "import", base, "--publisher", "Debian", "--offer", "debian-12",
-                                      "--sku", "12", "--version", "1.0.0"], check=True, env=env,
-                       capture_output=True)
+        import_base(orchestrate, base, env)
         (work / "t.json").write_text(json.dumps(template(files)))
-
-        seed = work / "seed"
-        seed.mkdir()
-        key, public = make_key_pair(work / "id_ed25519", "bench")
-        (seed / "meta-data").write_text("instance-id: bench\n")
-        (seed / "user-data").write_text((HERE / "user-data.tmpl").read_text().replace("@PUBLIC_KEY@", public))
+        seed, key = handwritten_seed(work)
 
         def ours() -> float:
             started = time.monotonic()

@@ -37,10 +37,9 @@ sys.path.insert(0, str(HERE))  # bench_build's template
 
 from orchestrator.config import default_home  # noqa: E402
 from orchestrator.effects.catalog import version_key  # noqa: E402
-from orchestrator.effects.sshkeys import make_key_pair  # noqa: E402
 from orchestrator.effects.state import StateStore  # noqa: E402
 
-from bench_build import PAGE, SCRIPT  # noqa: E402 - the files both templates' customizers read
+from bench_build import PAGE, SCRIPT, handwritten_seed, import_base  # noqa: E402 - shared with bench_build
 HCL = HERE / "handwritten.pkr.hcl"
 
 
@@ -101,17 +100,10 @@ def main(argv: list[str]) -> int:
                    CHECKPOINT_DISABLE="1", PACKER_CACHE_DIR=str(work / "packer-cache"))
         env.pop("ORCHESTRATOR_CONFIG", None)  # the capacity is config.toml in the data home
         orchestrate = [sys.executable, "-m", "orchestrator"]
-        subprocess.run(orchestrate + ["image", "import", base, "--publisher", "Debian", "--offer", "debian-12",
-                                      "--sku", "12", "--version", "1.0.0"], check=True, env=env,
-                       capture_output=True)
+        import_base(orchestrate, base, env)
         (home / "config.toml").write_text(f"[capacity]\ncpus = {cores}\nmemory_mib = {memory_mib}\n")
         (work / "t.json").write_text(json.dumps(template(files)))
-
-        seed = work / "seed"
-        seed.mkdir()
-        key, public = make_key_pair(work / "id_ed25519", "bench")
-        (seed / "meta-data").write_text("instance-id: bench\n")
-        (seed / "user-data").write_text((HERE / "user-data.tmpl").read_text().replace("@PUBLIC_KEY@", public))
+        seed, key = handwritten_seed(work)
 
         def ours(n: int) -> float:
             """N builds started at once; the wall time from their start to the last one's end."""
