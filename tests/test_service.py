@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -183,6 +184,10 @@ def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
     default.write_bytes(b"half")
     orphan = subprocess.Popen(["sleep", "600"], env={**os.environ, RUN_ENV: run_id})
     try:
+        # until the child has exec'd, /proc shows the parent's environment: wait for that, not a time
+        deadline = time.monotonic() + 30
+        while run_processes(run_id) != [orphan.pid] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert run_processes(run_id) == [orphan.pid]
         said: list[str] = []
         assert recover(config, state, said.append) == [run_id]

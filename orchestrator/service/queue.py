@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from orchestrator.effects.proc import Stop
-from orchestrator.errors import BuildTimeout, Canceled
+from orchestrator.errors import Canceled
 
 POLL_SECONDS = 0.25  # how often a queued run looks again; ≤ 0.5 % of a one-minute build
 
@@ -36,9 +36,10 @@ class Capacity:
 
 
 class Admission(Protocol):
-    def admit(self, run_id: str, demand: Demand, stop: Stop, waiting: Callable[[str], None],
-              deadline: float | None = None) -> None:
-        """Returns once the run may start building; raises Canceled if `stop` is set first."""
+    def admit(self, run_id: str, demand: Demand, stop: Stop, waiting: Callable[[str], None]) -> None:
+        """Returns once the run may start building; raises Canceled if `stop` is set first.
+        `waiting` hears why it waits, each time that changes. Time queued does not count
+        against buildTimeoutInMinutes (its clock starts at admission)."""
 
     def release(self, run_id: str) -> None:
         """The run holds its share no longer (its end releases it too)."""
@@ -50,8 +51,7 @@ class LocalAdmission:
         self.capacity = capacity
         self.reap = reap  # ends runs whose process died, so that they give back their share
 
-    def admit(self, run_id: str, demand: Demand, stop: Stop, waiting: Callable[[str], None],
-              deadline: float | None = None) -> None:
+    def admit(self, run_id: str, demand: Demand, stop: Stop, waiting: Callable[[str], None]) -> None:
         self.state.update_run(run_id, cpus=demand.cpus, memory_mib=demand.memory_mib,
                               claims=json.dumps(list(demand.claims)))
         said = None
@@ -64,11 +64,7 @@ class LocalAdmission:
                 waiting(why)
                 said = why
             if stop.wait(POLL_SECONDS):
-                if stop.timed_out:
-                    raise BuildTimeout("the build timed out while queued (buildTimeoutInMinutes)")
                 raise Canceled("the run was canceled while queued")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise BuildTimeout("the build timed out while queued (buildTimeoutInMinutes)")
 
     def release(self, run_id: str) -> None:
         """Nothing to do here: an ended run is not counted (its admitted_at stays, as a record
