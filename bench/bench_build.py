@@ -83,7 +83,8 @@ def main() -> int:
         (files / "setup.sh").write_text(SCRIPT)
         (files / "page.html").write_text(PAGE)
         env = dict(os.environ, ORCHESTRATOR_HOME=str(work / "home"), ORCHESTRATOR_ACCELERATOR="tcg",
-                   CHECKPOINT_DISABLE="1", PACKER_CACHE_DIR=str(work / "packer-cache"))
+                   CHECKPOINT_DISABLE="1", PACKER_CACHE_DIR=str(work / "packer-cache"),
+                   TMPDIR=str(work))  # the raw baseline's packer_to_cdrom* go with the rest
         orchestrate = [sys.executable, "-m", "orchestrator"]
         import_base(orchestrate, base, env)
         (work / "t.json").write_text(json.dumps(template(files)))

@@ -97,7 +97,8 @@ def main(argv: list[str]) -> int:
         (files / "setup.sh").write_text(SCRIPT)
         (files / "page.html").write_text(PAGE)
         env = dict(os.environ, ORCHESTRATOR_HOME=str(home), ORCHESTRATOR_ACCELERATOR="tcg",
-                   CHECKPOINT_DISABLE="1", PACKER_CACHE_DIR=str(work / "packer-cache"))
+                   CHECKPOINT_DISABLE="1", PACKER_CACHE_DIR=str(work / "packer-cache"),
+                   TMPDIR=str(work))  # the raw baseline's packer_to_cdrom* go with the rest
         env.pop("ORCHESTRATOR_CONFIG", None)  # the capacity is config.toml in the data home
         orchestrate = [sys.executable, "-m", "orchestrator"]
         import_base(orchestrate, base, env)
