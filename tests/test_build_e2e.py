@@ -77,7 +77,6 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     listening: dict[int, set[str]] = {}
 
     cdrom_dirs_before = set(Path("/tmp").glob("packer_to_cdrom*"))
-    temp_dirs_before = set(Path(tempfile.gettempdir()).glob("orchestrator-packer-*"))
     while_running: dict[str, object] = {}
 
     def progress(what: str) -> None:
@@ -93,11 +92,14 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     assert result.run_state == "Succeeded"
     assert listening and all(addrs == {"0100007F"} for addrs in listening.values()), listening
     assert while_running["key_mode"] == 0o600  # the run's private key, owner-only while the VM runs
-    assert not list(result.log_path.parent.glob("id_ed25519*"))  # and gone when the run ended
+    assert not (imported_home.home / "staging" / result.run_id / "id_ed25519").exists()  # and gone when it ended
+    assert not list(result.log_path.parent.glob("id_ed25519*"))  # never among the run's records
     cmdline = while_running["cmdline"]
     assert cmdline[cmdline.index(b"-vnc") + 1] == b"none"  # no console unless asked for
     assert set(Path("/tmp").glob("packer_to_cdrom*")) == cdrom_dirs_before  # Packer's temporaries: in its own
-    assert set(Path(tempfile.gettempdir()).glob("orchestrator-packer-*")) == temp_dirs_before  # dir, then gone
+    # Packer's temporaries were in the run's staging (or its /tmp stand-in), then gone with it
+    assert not list(Path(tempfile.gettempdir()).glob(f"orchestrator-{result.run_id}-*"))
+    assert not (imported_home.home / "staging" / result.run_id).exists()
     assert stat.S_IMODE(result.log_path.stat().st_mode) == 0o600
     assert [s.split(" (")[0] for s in seen if s.startswith("customizer")] == [
         "customizer 'inlineStep'", "customizer 'scriptStep'", "customizer 'fileStep'", "customizer 'placeStep'"]

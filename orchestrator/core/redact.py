@@ -58,9 +58,6 @@ class Redactor:
             return [self.data(v) for v in value]
         return value
 
-    def merged(self, other: "Redactor") -> "Redactor":
-        return Redactor.of(self.secrets + other.secrets)
-
 
 def url_secrets(value: Any) -> list[str]:
     """Every credential and query string of the URLs in a JSON-like value: the template's own

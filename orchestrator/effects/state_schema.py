@@ -116,13 +116,7 @@ def migrate(db: sqlite3.Connection, path: object) -> None:
         return
     db.execute("BEGIN IMMEDIATE")  # one migrator at a time; the others find the new version
     try:
-        version = _version(db)
-        if version > SCHEMA_VERSION:
-            raise EnvironmentProblem(
-                f"the state database {path} was made by a newer orchestrator (schema version {version}; "
-                f"this one knows up to {SCHEMA_VERSION})",
-                hint="run the newer orchestrator, or point --home at another data home; this version "
-                     "does not change a database it does not understand")
+        version = check_version(db, path)
         for number, step in _MIGRATIONS:
             if version < number:
                 step(db)
@@ -134,13 +128,17 @@ def migrate(db: sqlite3.Connection, path: object) -> None:
     db.execute("PRAGMA journal_mode = WAL")  # persistent: set once, outside the transaction
 
 
-def check_version(db: sqlite3.Connection, path: object) -> None:
-    """For read-only openings: a newer database is refused, an older one read as it is."""
+def check_version(db: sqlite3.Connection, path: object) -> int:
+    """The database's schema version; a newer one than this orchestrator knows is refused
+    (read-only openings read an older one as it is; `migrate` brings it up to date)."""
     version = _version(db)
     if version > SCHEMA_VERSION:
         raise EnvironmentProblem(
             f"the state database {path} was made by a newer orchestrator (schema version {version}; "
-            f"this one knows up to {SCHEMA_VERSION})", hint="run the newer orchestrator")
+            f"this one knows up to {SCHEMA_VERSION})",
+            hint="run the newer orchestrator, or point --home at another data home; this version "
+                 "does not change a database it does not understand")
+    return version
 
 
 def _version(db: sqlite3.Connection) -> int:

@@ -2,8 +2,6 @@
 disk or a clear error. `orchestrate render -o` writes its files through `write_rendered` too."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,6 @@ from orchestrator.effects.sshkeys import make_key_pair
 from orchestrator.errors import BuildFailed, BuildTimeout, Canceled, CustomizerFailed
 
 KEY_NAME = "id_ed25519"
-TEMP_PREFIX = "orchestrator-packer-"
 
 
 def write_rendered(work: Path, rendered: RenderedBuild, secrets: dict[str, str] | None = None) -> Path:
@@ -59,24 +56,17 @@ def render_build(plan: BuildPlan, work: Path, run_id: str, accelerator: str, dow
 
 
 def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBuild, vm: BuildVm, log: RunLog,
-              deadline: float, cancel: threading.Event, on_source: Callable[[str], None],
-              temp: Path | None = None) -> None:
+              deadline: float, cancel: threading.Event, on_source: Callable[[str], None], temp: Path) -> None:
+    """`temp` is Packer's TMPDIR (its cd_files staging, plugin sockets, packer_to_cdrom*): the
+    run's staging (pipeline/staging.py) owns and removes it, never /tmp itself."""
     def on_line(source: str, line: str) -> None:
         if source == "generalize" and "orchestrator-generalize: running" in line:
             log.write("orchestrator", "generalize: " + line.split("orchestrator-generalize: ", 1)[1])
 
-    # Packer's own temporaries (its cd_files staging, plugin sockets, packer_to_cdrom*) in the
-    # run's staging (pipeline/staging.py), never /tmp itself
-    own_temp = temp is None
-    temp = temp or Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
-    try:
-        result = run_packer(config.packer, work / "build.pkr.hcl", log, rendered.provisioners,
-                            deadline=deadline, cancel=cancel, cache_dir=config.home / "cache" / "packer",
-                            vm_marker=str(work), on_source=on_source, on_line=on_line,
-                            keep_on_error=plan.on_customizer_error == "abort", temp_dir=temp)
-    finally:
-        if own_temp:
-            shutil.rmtree(temp, ignore_errors=True)
+    result = run_packer(config.packer, work / "build.pkr.hcl", log, rendered.provisioners,
+                        deadline=deadline, cancel=cancel, cache_dir=config.home / "cache" / "packer",
+                        vm_marker=str(work), on_source=on_source, on_line=on_line,
+                        keep_on_error=plan.on_customizer_error == "abort", temp_dir=temp)
     if result.timed_out:
         raise BuildTimeout(
             f"the build timed out after buildTimeoutInMinutes ({plan.timeout_minutes} min) "
