@@ -258,7 +258,7 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     try:
         signalled = bool(pid) and signal_process(pid, started, signal.SIGTERM)
     except PermissionError:
-        state.update_run(run_id, run_state="Running")  # not canceling after all: the signal never went
+        Runs(state).transition(run_id, "cancel-undone")  # not canceling after all: the signal never went
         raise UsageError(f"not allowed to signal the build process of run {run_id} (pid {pid})",
                          hint="run `orchestrate cancel` as the user that started the build") from None
     if not signalled:  # it died between recovery and now: the next command recovers it

@@ -18,6 +18,7 @@ from orchestrator.core.plan import ResolvedSource, make_plan
 from orchestrator.distribute import DistributeJob, distributor_for
 from orchestrator.effects.runlog import RunLog
 from orchestrator.effects.state import StateStore
+from orchestrator.service.runs import Runs
 from tests.helpers import linux_template
 
 URI = "qemu:///system"
@@ -126,9 +127,9 @@ def distribute(config: Config, plan, disk: Path, cancel: threading.Event | None 
                                 cancel or threading.Event(), state.wrote_artifact)
             distributor_for(target.kind).check(job)
             distributor_for(target.kind).distribute(job)
-        state.finish_run(run_id, "Succeeded")
+        Runs(state).end(run_id, "succeed")
     except BaseException as exc:
-        state.finish_run(run_id, "Failed", str(exc))
+        Runs(state).end(run_id, "fail", str(exc))
         raise
     finally:
         log.close()

@@ -43,7 +43,8 @@ def _start(state, config, name="t", pid=None):
     ("Running", "cancel", "Canceling"), ("Running", "succeed", "Succeeded"), ("Running", "partial", "PartiallySucceeded"),
     ("Running", "fail", "Failed"), ("Running", "canceled", "Canceled"), ("Canceling", "canceled", "Canceled"),
     ("Canceling", "succeed", "Succeeded"), ("Canceling", "fail", "Failed"),
-    ("Running", "process-gone", "Failed"), ("Canceling", "process-gone", "Canceled")])
+    ("Running", "process-gone", "Failed"), ("Canceling", "process-gone", "Canceled"),
+    ("Canceling", "cancel-undone", "Running")])
 def test_transitions(current, event, expected):
     assert next_state(current, event) == expected
 

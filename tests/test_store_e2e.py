@@ -23,6 +23,7 @@ from orchestrator.effects.proc import process_start_time
 from orchestrator.effects.state import StateStore
 from orchestrator.effects.store_state import StoreState
 from orchestrator.engine import Engine
+from orchestrator.service.runs import Runs
 from tests.conftest import BASE
 from tests.helpers import dumps, linux_template
 from tests.store_helpers import DEFINITION, MANAGED, libvirtd, write_config_file  # noqa: F401
@@ -162,7 +163,7 @@ def test_store_cli_lists_shows_and_refuses_unsafe_deletes(store_home, first, sec
     StoreState(state).use(run_id, parse(used).key, "source")
     in_use = store("delete", used)
     assert in_use.returncode == 2 and run_id in json.loads(in_use.stdout)["error"]["message"]
-    state.finish_run(run_id, "Succeeded")
+    Runs(state).end(run_id, "succeed")
     deleted = store("delete", used)
     assert deleted.returncode == 0, deleted.stdout
     assert not Path(versions[0]["replicas"][0]["path"]).exists()

@@ -156,10 +156,6 @@ class StateStore:
         with self._connect() as db:
             db.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*fields.values(), run_id))
 
-    def finish_run(self, run_id: str, state: str, message: str = "") -> None:
-        self.update_run(run_id, run_state=state, message=message, end_time=time.time(), pid=None,
-                        pid_start_time=None)
-
     def run(self, run_id: str) -> dict[str, Any] | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

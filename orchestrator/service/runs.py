@@ -1,6 +1,6 @@
 """The run state machine, in one place: which runState follows which, on what event.
 
-    Running --cancel--> Canceling
+    Running --cancel--> Canceling --cancel-undone--> Running   (the signal could not be sent)
     Running | Canceling --succeed--> Succeeded      (a cancel that came too late loses)
     Running | Canceling --partial--> PartiallySucceeded
     Running | Canceling --fail--> Failed
@@ -47,6 +47,10 @@ def next_state(current: str, event: str, run_id: str = "the run") -> str:
             raise AlreadyCanceling(f"run {run_id} is already being canceled",
                                    hint=f"`orchestrate logs -f {run_id}` follows it until it ends")
         return CANCELING
+    if event == "cancel-undone":
+        if current != CANCELING:
+            raise ValueError(f"run {run_id} is {current}, not Canceling: there is no cancel to undo")
+        return RUNNING
     if event == "process-gone":
         return CANCELED if current == CANCELING else FAILED
     if event in _ENDINGS:
