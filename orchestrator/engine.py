@@ -140,7 +140,7 @@ class Engine:
             log.write("orchestrator", why)
             run.reporter.phase("Queued", why)
 
-        self.admission.admit(run.id, demand(plan), stop, waiting)
+        self.admission.admit(run.id, demand(plan, self.config, run.id), stop, waiting)
         # buildTimeoutInMinutes counts from admission: downloads, build and distribution
         deadline = time.monotonic() + plan.timeout_minutes * 60
         run.timer = threading.Timer(plan.timeout_minutes * 60, stop.request, args=("timeout",))

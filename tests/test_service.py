@@ -179,10 +179,12 @@ def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
     partial.write_bytes(b"half")
     other = vhd.with_name(".image.vhd.part-1")  # another writer's: not this run's
     other.write_bytes(b"other")
-    state.update_run(run_id, claims=json.dumps([f"file:{vhd}"]))  # died before recording its staging
-    default = config.artifacts_dir / "t" / "vhd" / f".{run_id}.vhd.part-{dead_pid}"  # a VHD at its default place
+    default = config.artifacts_dir / "t" / "vhd" / f"{run_id}.vhd"  # a VHD at its default place
+    default_partial = default.with_name(f".{run_id}.vhd.part-{dead_pid}")
     default.parent.mkdir(parents=True)
-    default.write_bytes(b"half")
+    default_partial.write_bytes(b"half")
+    # its claims, as admission records them; it died before recording its staging
+    state.update_run(run_id, claims=json.dumps([f"file:{vhd}", f"file:{default}"]))
     orphan = subprocess.Popen(["sleep", "600"], env={**os.environ, RUN_ENV: run_id})
     try:
         # until the child has exec'd, /proc shows the parent's environment: wait for that, not a time
@@ -198,7 +200,7 @@ def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
     row = state.run(run_id)
     assert row["run_state"] == "Failed" and "ended without recording a result" in row["message"]
     assert "1 orphaned process(es) stopped" in row["message"]
-    assert not staging.exists() and not partial.exists() and other.exists() and not default.exists()
+    assert not staging.exists() and not partial.exists() and other.exists() and not default_partial.exists()
     assert said and run_id in said[0]
     assert recover(config, state) == []  # once
 

@@ -5,8 +5,8 @@ import dataclasses
 import os
 
 from orchestrator.config import Config
-from orchestrator.core.paths import local_path_of_uri
 from orchestrator.core.plan import BuildPlan
+from orchestrator.distribute.vhd import vhd_destination
 from orchestrator.effects.runlog import RunLog
 from orchestrator.service.queue import Capacity, Demand
 
@@ -38,15 +38,14 @@ def fit_to_host(plan: BuildPlan, log: RunLog) -> BuildPlan:
     return dataclasses.replace(plan, cpus=cpus, memory_mib=memory)
 
 
-def demand(plan: BuildPlan) -> Demand:
-    """The VM's share of the host, and the outputs the run writes: its template's, a VHD at a
-    given path, a managed image. Two runs that share one never build at once."""
+def demand(plan: BuildPlan, config: Config, run_id: str) -> Demand:
+    """The VM's share of the host, and the outputs the run writes: its template's, each VHD
+    (where vhd.py will write it), a managed image. Two runs that share one never build at once,
+    and recovery finds a dead run's half-written VHDs by them."""
     claims = [f"template:{plan.name.lower()}"]
     for target in plan.targets:
-        if target.kind == "VHD" and target.uri:
-            path, _ = local_path_of_uri(target.uri, "uri")
-            if path:
-                claims.append(f"file:{os.path.realpath(path)}")
+        if target.kind == "VHD":
+            claims.append(f"file:{os.path.realpath(vhd_destination(config, plan.name, target, run_id))}")
         elif target.artifact_id:
             claims.append(f"{target.kind.lower()}:{target.artifact_id.lower()}")
     return Demand(plan.cpus, plan.memory_mib, tuple(claims))

@@ -74,10 +74,9 @@ def _remove_leftovers(config: Config, run: dict[str, Any]) -> list[str]:
     pid = run.get("pid")
     if not pid:
         return removed
+    # every VHD it writes is among its claims (recorded at admission, before any is written)
     partials = [temp_name(Path(claim[5:]), pid) for claim in json.loads(run.get("claims") or "[]")
                 if claim.startswith("file:")]
-    # a VHD at its default place: artifacts/TEMPLATE/OUTPUT/RUN.vhd (files.temp_name's pattern)
-    partials += list(config.artifacts_dir.glob(f"*/*/.{run['id']}.vhd.part-{pid}"))
     for partial in partials:
         if partial.exists():
             partial.unlink(missing_ok=True)
