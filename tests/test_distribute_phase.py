@@ -40,12 +40,20 @@ def _jobs(config, plan, disk):
                                                              lambda s: None, threading.Event(), state.wrote_artifact)
 
 
-def test_a_full_disk_fails_its_target_cleanly_and_the_others_are_written(config, tmp_path, full_dir):
+def _one_too_big(config, tmp_path, full_dir, name="big.vhd", with_one_that_fits=True):
+    """A disk holding 32 MiB of data, a VHD target on the full tmpfs and (asked for) one under
+    artifacts/ that fits: (config, plan, (state, run id, log, job_for))."""
     config = dataclasses.replace(config, vhd_dirs=(full_dir,))
     disk = make_disk(tmp_path / "d", data_mib=32, overlay=False)
-    plan = plan_for([{"type": "VHD", "runOutputName": "tooBig", "uri": (full_dir / "big.vhd").as_uri()},
-                     {"type": "VHD", "runOutputName": "fits"}])
-    state, run_id, log, job_for = _jobs(config, plan, disk)
+    targets = [{"type": "VHD", "runOutputName": "tooBig", "uri": (full_dir / name).as_uri()}]
+    if with_one_that_fits:
+        targets.append({"type": "VHD", "runOutputName": "fits"})
+    plan = plan_for(targets)
+    return config, plan, _jobs(config, plan, disk)
+
+
+def test_a_full_disk_fails_its_target_cleanly_and_the_others_are_written(config, tmp_path, full_dir):
+    config, plan, (state, run_id, log, job_for) = _one_too_big(config, tmp_path, full_dir)
     done = distribute_all(job_for, plan, Stop())
     event, message = done.outcome(plan)
     log.close()
@@ -59,10 +67,7 @@ def test_a_full_disk_fails_its_target_cleanly_and_the_others_are_written(config,
 
 
 def test_when_every_target_fails_the_run_fails_with_the_first_error(config, tmp_path, full_dir):
-    config = dataclasses.replace(config, vhd_dirs=(full_dir,))
-    disk = make_disk(tmp_path / "d", data_mib=32, overlay=False)
-    plan = plan_for([{"type": "VHD", "runOutputName": "tooBig", "uri": (full_dir / "big.vhd").as_uri()}])
-    _, _, log, job_for = _jobs(config, plan, disk)
+    config, plan, (_, _, log, job_for) = _one_too_big(config, tmp_path, full_dir, with_one_that_fits=False)
     done = distribute_all(job_for, plan, Stop())
     log.close()
     with pytest.raises(BuildFailed, match="the file system is full") as err:
@@ -85,11 +90,7 @@ def test_a_stop_ends_the_phase_before_the_next_target(config, tmp_path):
 def test_the_failures_it_records_are_redacted(config, tmp_path, full_dir):
     from orchestrator.core.redact import Redactor
 
-    config = dataclasses.replace(config, vhd_dirs=(full_dir,))
-    disk = make_disk(tmp_path / "d", data_mib=32, overlay=False)
-    plan = plan_for([{"type": "VHD", "runOutputName": "tooBig", "uri": (full_dir / "tok-SECRET-1234.vhd").as_uri()},
-                     {"type": "VHD", "runOutputName": "fits"}])
-    state, run_id, log, job_for = _jobs(config, plan, disk)
+    config, plan, (state, run_id, log, job_for) = _one_too_big(config, tmp_path, full_dir, "tok-SECRET-1234.vhd")
     done = distribute_all(job_for, plan, Stop(), Redactor.of(["tok-SECRET-1234"]))
     log.close()
     _, message = done.outcome(plan)
