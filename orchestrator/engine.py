@@ -33,12 +33,12 @@ from orchestrator.pipeline.build import BuildVm, render_build, run_build
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
 from orchestrator.pipeline.reuse import adopt_outputs, reusable_run
-from orchestrator.pipeline.sizing import capacity, demand, fit_to_host
+from orchestrator.pipeline.sizing import fit_to_host
 from orchestrator.pipeline.sources import resolve as resolve_source
 from orchestrator.pipeline.staging import Staging
 from orchestrator.pipeline.store_phase import prepare as prepare_store
 from orchestrator.service.progress import Reporter
-from orchestrator.service.queue import Admission, LocalAdmission
+from orchestrator.service.queue import Admission, LocalAdmission, capacity, demand
 from orchestrator.service.recovery import recover
 from orchestrator.service.runs import Runs
 

@@ -1,14 +1,11 @@
-"""What a build VM gets of this host, and what a run asks of the admission queue."""
+"""What a build VM gets of this host."""
 from __future__ import annotations
 
 import dataclasses
 import os
 
-from orchestrator.config import Config
 from orchestrator.core.plan import BuildPlan
-from orchestrator.distribute.vhd import vhd_destination
 from orchestrator.effects.runlog import RunLog
-from orchestrator.service.queue import Capacity, Demand
 
 
 def host_resources() -> tuple[int, int]:
@@ -16,12 +13,6 @@ def host_resources() -> tuple[int, int]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     return cpus, memory
-
-
-def capacity(config: Config) -> Capacity:
-    """[capacity] cpus / memory_mib, else the whole host's CPUs and three quarters of its memory."""
-    cpus, memory = host_resources()
-    return Capacity(config.capacity_cpus or cpus, config.capacity_memory_mib or memory * 3 // 4)
 
 
 def fit_to_host(plan: BuildPlan, log: RunLog) -> BuildPlan:
@@ -36,16 +27,3 @@ def fit_to_host(plan: BuildPlan, log: RunLog) -> BuildPlan:
     log.write("orchestrator", f"{plan.vm_size} asks for {plan.cpus} vCPU / {plan.memory_mib} MiB; this host has "
               f"{host_cpus} CPUs / {host_memory} MiB: the build VM gets {cpus} vCPU / {memory} MiB")
     return dataclasses.replace(plan, cpus=cpus, memory_mib=memory)
-
-
-def demand(plan: BuildPlan, config: Config, run_id: str) -> Demand:
-    """The VM's share of the host, and the outputs the run writes: its template's, each VHD
-    (where vhd.py will write it), a managed image. Two runs that share one never build at once,
-    and recovery finds a dead run's half-written VHDs by them."""
-    claims = [f"template:{plan.name.lower()}"]
-    for target in plan.targets:
-        if target.kind == "VHD":
-            claims.append(f"file:{os.path.realpath(vhd_destination(config, plan.name, target, run_id))}")
-        elif target.artifact_id:
-            claims.append(f"{target.kind.lower()}:{target.artifact_id.lower()}")
-    return Demand(plan.cpus, plan.memory_mib, tuple(claims))

@@ -10,12 +10,17 @@ with a distributed engine's (Celery's) queue behind the same two methods.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from orchestrator.config import Config
+from orchestrator.core.plan import BuildPlan
+from orchestrator.distribute.vhd import vhd_destination
 from orchestrator.effects.proc import Stop
 from orchestrator.errors import Canceled
+from orchestrator.pipeline.sizing import host_resources
 
 POLL_SECONDS = 0.25  # how often a queued run looks again; ≤ 0.5 % of a one-minute build
 
@@ -101,3 +106,22 @@ class LocalAdmission:
                     f"{memory}/{self.capacity.memory_mib} MiB; this one needs {demand.cpus} vCPU, "
                     f"{demand.memory_mib} MiB")
         return None
+
+
+def capacity(config: Config) -> Capacity:
+    """[capacity] cpus / memory_mib, else the whole host's CPUs and three quarters of its memory."""
+    cpus, memory = host_resources()
+    return Capacity(config.capacity_cpus or cpus, config.capacity_memory_mib or memory * 3 // 4)
+
+
+def demand(plan: BuildPlan, config: Config, run_id: str) -> Demand:
+    """The VM's share of the host, and the outputs the run writes: its template's, each VHD
+    (where vhd.py will write it), a managed image. Two runs that share one never build at once,
+    and recovery finds a dead run's half-written VHDs by them."""
+    claims = [f"template:{plan.name.lower()}"]
+    for target in plan.targets:
+        if target.kind == "VHD":
+            claims.append(f"file:{os.path.realpath(vhd_destination(config, plan.name, target, run_id))}")
+        elif target.artifact_id:
+            claims.append(f"{target.kind.lower()}:{target.artifact_id.lower()}")
+    return Demand(plan.cpus, plan.memory_mib, tuple(claims))
