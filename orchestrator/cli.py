@@ -114,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--console", action="store_true", help="the build VM's serial console instead")
     for p in (status, cancel, logs):
         p.add_argument("--template", help="the run must be this template's")
-    from orchestrator import store_commands  # the image store's verbs live in their own module
+    # verbs with their own modules: the image store, provenance, nightly runs, retention
+    from orchestrator import nightly_commands, provenance_commands, retention_commands, store_commands
 
-    store_commands.add_parsers(sub)
+    for module in (store_commands, provenance_commands, nightly_commands, retention_commands):
+        module.add_parsers(sub)
     return parser
 
 

@@ -28,6 +28,18 @@ class Ext4Image:
     def __init__(self, vhd: Path) -> None:
         self.spec = f"{vhd}?offset={root_offset(vhd)}"
 
+    def replay_journal(self) -> None:
+        """What a boot would do first: a disk whose VM was killed (not shut down) may hold
+        committed changes in the ext4 journal only, which debugfs does not read. e2fsck cannot
+        reopen a file system at an offset after recovery, so the partition is copied out first."""
+        image, offset = self.spec.split("?offset=")
+        part = Path(image + ".root")
+        subprocess.run(["dd", f"if={image}", f"of={part}", "bs=4M", f"skip={offset}", "iflag=skip_bytes",
+                        "conv=sparse", "status=none"], check=True, timeout=300)
+        result = subprocess.run(["e2fsck", "-fy", str(part)], capture_output=True, timeout=120)
+        assert result.returncode in (0, 1), result.stdout + result.stderr  # 1: errors corrected
+        self.spec = str(part)
+
     def _debugfs(self, request: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(["debugfs", "-R", request, self.spec], capture_output=True, timeout=60)
 
