@@ -79,7 +79,11 @@ _V2_COLUMNS = (("runs", "staging_dir", "TEXT"), ("runs", "temp_dir", "TEXT"), ("
                ("runs", "memory_mib", "INTEGER"), ("runs", "claims", "TEXT"), ("runs", "admitted_at", "REAL"),
                ("runs", "console_path", "TEXT"), ("runs", "template_sha256", "TEXT"))
 
-SCHEMA_VERSION = 2
+# v3: the deploy proof's result (JSON: each check, pass/fail, boot time) and the fingerprint's
+# parts (JSON: what the build digest was made of, so `plan` can say what changed)
+_V3_COLUMNS = (("runs", "proof", "TEXT"), ("runs", "fingerprint", "TEXT"))
+
+SCHEMA_VERSION = 3
 
 
 def _add_columns(db: sqlite3.Connection, columns: tuple[tuple[str, str, str], ...]) -> None:
@@ -107,7 +111,11 @@ def _to_v2(db: sqlite3.Connection) -> None:
     _script(db, _V2)
 
 
-_MIGRATIONS = ((1, _to_v1), (2, _to_v2))
+def _to_v3(db: sqlite3.Connection) -> None:
+    _add_columns(db, _V3_COLUMNS)
+
+
+_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3))
 
 
 def migrate(db: sqlite3.Connection, path: object) -> None:
