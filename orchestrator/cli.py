@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="machine-readable result (progress as JSON lines on stderr)")
     for p in (build, run):
         p.add_argument("--force", action="store_true", help="build even if an identical build already succeeded")
+        p.add_argument("--no-proof", action="store_true",
+                       help="do not boot and check the finished image before distributing it (the deploy proof)")
         p.add_argument("--progress", choices=MODES, default=None,
                        help="progress on stderr: live (a terminal's default), plain lines, json lines, none")
 

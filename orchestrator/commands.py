@@ -167,9 +167,10 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     template, name, _ = load(args, config)
     check_host_policy(config, template, args, name)
     plan = _plan_for_display(config, template, name)
+    upcoming = _next_run(config, plan)
     if args.json:
         emit({**Redactor.of(template.secrets).data(shown_plan(plan)),  # inline commands may hold secrets
-              "warnings": [w.as_dict() for w in template.warnings]})
+              "nextRun": upcoming.to_dict(), "warnings": [w.as_dict() for w in template.warnings]})
         return 0
     print(f"template {name} ({plan.os_type}, from {plan.os_type_reason})")
     print(f"  source:   {plan.source.description}")
@@ -188,7 +189,21 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
         print(f"    {target.kind} {target.run_output_name!r}" + (f" -> {target.artifact_id}" if target.artifact_id else "")
               + (f" -> {target.uri}" if target.uri else "")
               + (f" in {', '.join(target.regions)}" if target.regions else ""))
+    print(f"  next run: {'build' if upcoming.build else 'skip'}")
+    for reason in upcoming.reasons:
+        print(f"    - {reason}")
     return 0
+
+
+def _next_run(config: Config, plan):
+    """Whether `orchestrate build`/`run` would build or skip, and why (pipeline/reuse.py)."""
+    from orchestrator.effects.state import StateStore
+    from orchestrator.pipeline.reuse import NextRun, next_run
+
+    store = StateStore.existing(config.db_path)
+    if store is None or not plan.source.sha256:
+        return NextRun(True, ("the source is not resolved yet" if store else f"nothing was built in {config.home} yet",))
+    return next_run(store, plan)
 
 
 def cmd_render(args: argparse.Namespace, config: Config) -> int:

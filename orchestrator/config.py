@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from orchestrator.errors import EnvironmentProblem, UsageError
 HOME_ENV = "ORCHESTRATOR_HOME"
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 ACCEL_ENV = "ORCHESTRATOR_ACCELERATOR"  # auto (default), kvm or tcg
+PROOF_ENV = "ORCHESTRATOR_PROOF"  # on or off: overrides [proof] deploy (the tests turn it off)
 # What ARM's resourceGroup() and subscription() return on-prem (defaults: "local", zero GUID).
 ARM_ENV = {"ORCHESTRATOR_SUBSCRIPTION_ID": ("subscription", "subscriptionId"),
            "ORCHESTRATOR_RESOURCE_GROUP": ("resourceGroup", "name"),
@@ -66,6 +67,14 @@ class Config:
     # and three quarters of its memory
     capacity_cpus: int | None = None
     capacity_memory_mib: int | None = None
+    # [proof]: boot each finished Linux image as a fresh VM and check it over SSH before it is
+    # distributed (pipeline/prove.py); $ORCHESTRATOR_PROOF=off|on overrides `deploy`
+    proof_deploy: bool = field(default_factory=lambda: os.environ.get(PROOF_ENV, "").strip().lower() != "off")
+    proof_timeout_seconds: float = 600.0  # boot and checks together, at most
+    # [retention]: how many gallery versions (per template and image definition) and VHDs (per
+    # template and runOutputName) a template keeps; None (absent or 0): every one is kept
+    retention_keep_versions: int | None = None
+    retention_keep_vhds: int | None = None
 
     def pool_for(self, region: str, storage_account_type: str | None = None) -> str | None:
         """The storage pool of a replica: its storageAccountType's pool if [pools.storage] names
@@ -149,8 +158,13 @@ def load_config(home: str | None = None, config_file: str | None = None) -> Conf
     explicit = config_file or os.environ.get(CONFIG_ENV)
     file = Path(explicit).expanduser() if explicit else path / "config.toml"
     settings = _read_settings(file, required=bool(explicit))
-    return Config(home=path, accelerator=accel, arm_context=arm,
-                  config_file=file if settings is not None else None, **(settings or {}))
+    config_found = file if settings is not None else None
+    proof = os.environ.get(PROOF_ENV, "").strip().lower()
+    if proof not in ("", "on", "off"):
+        raise UsageError(f"{PROOF_ENV}={proof!r} is not on or off", hint="unset it to follow [proof] deploy")
+    if proof:
+        settings = {**(settings or {}), "proof_deploy": proof == "on"}
+    return Config(home=path, accelerator=accel, arm_context=arm, config_file=config_found, **(settings or {}))
 
 
 # [section] key -> (Config field, kind)
@@ -164,6 +178,9 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "pools": {"default": ("pool_default", "pool"), "dir": ("pools_dir", "dir"),
               "regions": ("pool_regions", "regions"), "storage": ("pool_storage", "regions")},
     "capacity": {"cpus": ("capacity_cpus", "count"), "memory_mib": ("capacity_memory_mib", "count")},
+    "proof": {"deploy": ("proof_deploy", "bool"), "timeout_seconds": ("proof_timeout_seconds", "seconds")},
+    "retention": {"keep_versions": ("retention_keep_versions", "keep"),
+                  "keep_vhds": ("retention_keep_vhds", "keep")},
     "mirrors": {},  # any URL prefix: read by _mirrors
 }
 
@@ -265,6 +282,10 @@ def _setting(file: Path, name: str, kind: str, value: Any) -> Any:
             raise bad("a table of region = \"pool\"")
         return tuple((region.strip().lower(), _setting(file, f"{name}.{region}", "pool", pool))
                      for region, pool in value.items())
+    if kind == "keep":  # how many to keep; 0 keeps all, as an absent key does
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad("a whole number (0 keeps all)")
+        return value or None
     if kind == "count":
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise bad("a positive whole number")

@@ -28,10 +28,14 @@ from orchestrator.effects.hostpolicy import HostPolicy, template_problems
 from orchestrator.effects.proc import Stop, kill_run_processes, process_start_time, run_environment, stop_on_signals
 from orchestrator.effects.runlog import RedactedCopy, RunLog
 from orchestrator.effects.state import StateStore
-from orchestrator.errors import BuildTimeout, Canceled, OrchestratorError, TemplateInvalid
+from orchestrator.core.fingerprint import digest_of, fingerprint_parts
+from orchestrator.core.proof import ProofResult
+from orchestrator.errors import (BuildTimeout, Canceled, OrchestratorError, ProofFailed, TemplateInvalid,
+                                 ValidationFailed)
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
+from orchestrator.pipeline.prove import prove
 from orchestrator.pipeline.reuse import adopt_outputs, reusable_run
 from orchestrator.pipeline.sizing import fit_to_host
 from orchestrator.pipeline.sources import resolve as resolve_source
@@ -78,7 +82,10 @@ class Engine:
 
     def build(self, template: m.ImageTemplate, name: str, template_text: str, template_path: str | None,
               progress: Reporter | Callable[[str], None] | None = None, force: bool = False,
-              cancel: Stop | None = None, template_sha256: str | None = None) -> BuildResult:
+              cancel: Stop | None = None, template_sha256: str | None = None,
+              proof: bool | None = None) -> BuildResult:
+        """`proof`: boot and check the finished image before distributing it (None: as the
+        configuration says, [proof] deploy)."""
         policy = HostPolicy.of(self.config, Path(template_path).parent if template_path else None)
         plan = self.plan(template, name, policy)  # refuses before a run is recorded
         stop = cancel or Stop()
@@ -93,7 +100,8 @@ class Engine:
             records = self.run_dir(run_id)
             records.mkdir(mode=0o700, parents=True)
             log = RunLog(records / "customization.log", redact, listener=reporter.line)
-            run = _Run(run_id, plan, log, reporter, stop, records)
+            run = _Run(run_id, plan, log, reporter, stop, records,
+                       prove=self.config.proof_deploy if proof is None else proof)
             with run_environment(run_id):
                 return self._run(run, template, template_text, policy, force)
 
@@ -150,8 +158,9 @@ class Engine:
         self.state.update_run(run.id, staging_dir=str(run.staging.root), temp_dir=str(run.staging.temp))
         self._phase(run, "Building", "fetching customizer files", "fetching files")
         fetched = fetch_all(plan, self.cache, self.config, policy, log, stop, deadline)
-        digest = plan.digest(fetched.digests)
-        self.state.update_run(run.id, build_digest=digest)
+        parts = fingerprint_parts(plan, dict(fetched.digests))
+        digest = digest_of(parts)
+        self.state.update_run(run.id, build_digest=digest, fingerprint=json.dumps(parts))
         previous = None if force else reusable_run(self.state, plan, digest, log)
         if previous is not None:
             adopt_outputs(self.state, run.id, previous)
@@ -173,11 +182,17 @@ class Engine:
         with RedactedCopy(console, run.records / "console.log", redact):
             run_build(plan, self.config, run.staging.root, rendered, run.vm, log, deadline, stop,
                       self._step_reporter(run, rendered), temp=run.staging.temp)
+        self._prove(run, accel)
         self._phase(run, "Distributing", "distributing", "distributing")
         done = distribute_all(lambda target: DistributeJob(
             self.config, self.state, plan, target, run.id, run.vm.disk, log, run.reporter, stop,
             self.state.wrote_artifact), plan, stop, redact)
         event, message = done.outcome(plan)
+        if run.vm.validation_failures:  # AIB: distributed, and still the run failed
+            failed = ", ".join(f"{name!r} (exit {status})" for name, status in run.vm.validation_failures)
+            raise ValidationFailed(f"validation {failed} failed; continueDistributeOnFailure is true, so the "
+                                   "outputs were distributed anyway" + (f" ({message})" if message else ""),
+                                   hint=f"see the [validation:...] lines in {log.path}")
         state = "Succeeded" if event == "succeed" else "PartiallySucceeded"
         log.write("orchestrator", state + (f": {message}" if message else ""))
         return BuildResult(run.id, state, self.state.outputs(run.id), log.path, message=message)
@@ -207,6 +222,26 @@ class Engine:
         self.runs.end(run.id, event, message)
         self.admission.release(run.id)
         run.log.close()
+
+    def _prove(self, run: "_Run", accelerator: str) -> None:
+        """The deploy proof (pipeline/prove.py), recorded on the run; a failed one fails the run
+        before anything is distributed."""
+        assert run.vm is not None and run.staging is not None
+        if not run.prove or run.plan.os_type != "Linux":
+            why = ("turned off (--no-proof or [proof] deploy = false)" if not run.prove
+                   else "Windows images are not booted here (no Windows guest runs on this host)")
+            self.state.update_run(run.id, proof=json.dumps(ProofResult((), None, 0.0, skipped=why).to_dict()))
+            run.log.write("proof", f"deploy proof skipped: {why}")
+            return
+        self._phase(run, "Validating", "deploy proof: booting the image as a fresh VM", "the deploy proof")
+        result = prove(self.config, run.plan, run.id, run.vm, run.staging.root, run.records, accelerator, run.log,
+                       run.stop, run.reporter.redact)
+        self.state.update_run(run.id, proof=json.dumps(result.to_dict()))
+        if not result.passed:
+            failed = "; ".join(f"{c.name}: {c.detail}" for c in result.failures)
+            raise ProofFailed(f"the deploy proof failed, nothing was distributed: {failed}",
+                              hint=f"see the [proof] lines in {run.log.path} and {run.records / 'proof-console.log'}; "
+                                   "`orchestrate status RUN` lists every check")
 
     def _phase(self, run: "_Run", sub_state: str, what: str, phase: str) -> None:
         run.phase = phase
@@ -244,6 +279,7 @@ class _Run:
     reporter: Reporter
     stop: Stop
     records: Path
+    prove: bool = True  # boot and check the image before distributing it
     phase: str = "queued"  # what the run was doing, as a cancel or timeout message says
     staging: Staging | None = None
     vm: BuildVm | None = None

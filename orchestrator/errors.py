@@ -21,6 +21,11 @@ class ExitCode(IntEnum):
     TIMEOUT = 5
     ENVIRONMENT = 6  # missing tool, base image not imported, data home unusable
     PARTIALLY_SUCCEEDED = 7  # some distribution targets were written, others failed
+    VALIDATION_FAILED = 8  # an inVMValidation failed (outputs distributed only with continueDistributeOnFailure)
+    PROOF_FAILED = 9  # the finished image failed its deploy proof: nothing was distributed
+    NOT_VERIFIED = 10  # `verify`: the artifact or its provenance statement was changed, or another key signed it
+    NO_PROVENANCE = 11  # `verify`: no provenance statement found for the artifact
+    NIGHTLY_FAILED = 12  # `nightly`: one or more templates failed (the others ran; see the summary)
     CANCELED = 130
 
 
@@ -75,6 +80,18 @@ class CustomizerFailed(OrchestratorError):
     exit_code = ExitCode.CUSTOMIZER_FAILED
 
 
+class ValidationFailed(OrchestratorError):
+    """An inVMValidation failed (runSubState Validating)."""
+
+    exit_code = ExitCode.VALIDATION_FAILED
+
+
+class ProofFailed(OrchestratorError):
+    """The finished image, booted as a fresh VM, failed a deploy check."""
+
+    exit_code = ExitCode.PROOF_FAILED
+
+
 class BuildTimeout(OrchestratorError):
     exit_code = ExitCode.TIMEOUT
 
@@ -93,3 +110,32 @@ class SourceNotFound(EnvironmentProblem):
 
 class Canceled(OrchestratorError):
     exit_code = ExitCode.CANCELED
+
+
+# --- provenance (`orchestrate verify`, signing) ------------------------------------------------
+class StatementMissing(OrchestratorError):
+    """No provenance statement for the artifact (none beside it, none recorded for it)."""
+
+    exit_code = ExitCode.NO_PROVENANCE
+
+
+class StatementInvalid(OrchestratorError):
+    """The statement is no signed in-toto statement, was changed after signing, or another key signed it."""
+
+    exit_code = ExitCode.NOT_VERIFIED
+
+
+class DigestMismatch(OrchestratorError):
+    """The artifact's sha256 is not the one its (valid) statement signs: the artifact changed."""
+
+    exit_code = ExitCode.NOT_VERIFIED
+
+
+class ArtifactUnreadable(OrchestratorError):
+    """The artifact to verify is not a readable file (or names no recorded run output)."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class SigningKeyProblem(EnvironmentProblem):
+    """The host's provenance key cannot be made, read or used."""

@@ -3,6 +3,7 @@ runs, status, output, cancel, logs. Each reads arguments, calls the service, pri
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import sys
@@ -58,7 +59,7 @@ def run_template(args: argparse.Namespace, config: Config, template: m.ImageTemp
     sink, close = open_view(mode)
     try:
         result = engine.build(template, name, text, template_path, Reporter(sink), force=args.force,
-                              template_sha256=template_sha256)
+                              template_sha256=template_sha256, proof=False if args.no_proof else None)
     finally:
         close()
     code = int(ExitCode.PARTIALLY_SUCCEEDED) if result.run_state == "PartiallySucceeded" else 0
@@ -116,7 +117,25 @@ def _template_view(state, saved: stored_templates.Stored) -> dict[str, Any]:
     return {"name": saved.name, "sha256": saved.sha256, "file": saved.file_path,
             "createdAt": _stamp(saved.created_at), "updatedAt": _stamp(saved.updated_at),
             "properties": {"lastRunStatus": last_run_status(last)},
-            "runOutputs": state.outputs(last["id"]) if last else []}
+            "runOutputs": state.outputs(last["id"]) if last else [],
+            "proof": run_proof(last) if last else None}
+
+
+def run_proof(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The deploy proof's result as the run recorded it (None: the run did not get that far)."""
+    return json.loads(run["proof"]) if run.get("proof") else None
+
+
+def print_proof(proof: dict[str, Any] | None) -> None:
+    if proof is None:
+        return
+    if proof["status"] == "Skipped":
+        print(f"  deploy proof: skipped ({proof['reason']})")
+        return
+    boot = f"boot {proof['bootSeconds']} s, " if proof.get("bootSeconds") is not None else ""
+    print(f"  deploy proof: {proof['status']} ({boot}{proof['totalSeconds']} s)")
+    for check in proof["checks"]:
+        print(f"    {'ok    ' if check['passed'] else 'FAILED'} {check['name']}: {check['detail']}")
 
 
 def _template_list(args: argparse.Namespace, config: Config) -> int:
@@ -148,6 +167,7 @@ def _template_show(args: argparse.Namespace, config: Config) -> int:
     for output in view["runOutputs"]:
         props = output["properties"]
         print(f"  {output['name']}: {props['provisioningState']} {props.get('artifactUri') or ''}")
+    print_proof(view["proof"])
     return 0
 
 
@@ -205,7 +225,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     data = {"id": run["id"], "templateName": run["template_name"], "source": run["source"],
             "resolvedVersion": run["resolved_version"], "buildDigest": run["build_digest"],
             "log": run["log_path"], "console": run.get("console_path"), "lastRunStatus": last_run_status(run),
-            "runOutputs": state.outputs(run["id"])}
+            "runOutputs": state.outputs(run["id"]), "proof": run_proof(run)}
     if args.json:
         emit(data)
     else:
@@ -213,6 +233,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"{run['id']} {run['template_name']}: {status['runState']} ({status['runSubState']}) {status['message']}")
         for output in data["runOutputs"]:
             print(f"  {output['name']}: {output['properties']['provisioningState']} {output['properties']['artifactUri'] or ''}")
+        print_proof(data["proof"])
         print(f"  log: {run['log_path']}")
     return 0
 

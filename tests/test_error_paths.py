@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.core.buildable import build_problems
 from orchestrator.core.plan import BuildPlan, ResolvedSource, make_plan
+from orchestrator.core.render import VALIDATION_STATUS, RenderContext, render_linux
 from orchestrator.core.template import load_template, read_template
 from orchestrator.errors import ExitCode
 from tests.helpers import dumps, linux_template
@@ -71,30 +72,45 @@ def test_render_into_a_directory_with_go_template_marks_is_a_usage_error(tmp_pat
     assert not odd.exists()  # nothing half written: no key pair left in a directory it created
 
 
-# --- validation settings the build does not implement -----------------------------------------
+# --- validation settings -----------------------------------------------------------------------
 
-REFUSED = [
-    ({"validate": {"sourceValidationOnly": True}}, "$.properties.validate.sourceValidationOnly"),
-    ({"validate": {"continueDistributeOnFailure": True,
-                   "inVMValidations": [{"type": "Shell", "name": "v", "inline": ["true"]}]}},
-     "$.properties.validate.continueDistributeOnFailure"),
-    ({"errorHandling": {"onValidationError": "abort"}}, "$.properties.errorHandling.onValidationError"),
-]
+VALIDATIONS = [{"type": "Shell", "name": "v", "inline": ["true"]},
+               {"type": "File", "name": "f", "sourceUri": "https://example.com/a.txt", "destination": "/tmp/a.txt"}]
 
 
-@pytest.mark.parametrize("properties, path", REFUSED, ids=["sourceValidationOnly", "continueDistributeOnFailure",
-                                                            "onValidationError"])
-def test_unimplemented_validation_settings_are_refused_at_build(properties, path):
-    problems = build_problems(load_template(linux_template(**properties)))
-    assert [(p.path, p.rule) for p in problems] == [(path, "validation-not-buildable")]
-    assert "not supported by `orchestrate build` yet" in problems[0].message and problems[0].hint
+@pytest.mark.parametrize("properties", [
+    {"validate": {"continueDistributeOnFailure": True, "inVMValidations": VALIDATIONS}},
+    {"validate": {"inVMValidations": VALIDATIONS}, "errorHandling": {"onValidationError": "abort"}},
+    {"validate": {"sourceValidationOnly": True, "inVMValidations": VALIDATIONS}, "customize": None},
+], ids=["continueDistributeOnFailure", "onValidationError-abort", "sourceValidationOnly"])
+def test_validation_settings_build(properties):
+    assert build_problems(load_template(linux_template(**properties))) == []
 
 
-def test_default_validation_settings_build():
-    data = linux_template(validate={"sourceValidationOnly": False, "continueDistributeOnFailure": False,
-                                    "inVMValidations": [{"type": "Shell", "name": "v", "inline": ["true"]}]},
-                          errorHandling={"onCustomizerError": "abort", "onValidationError": "cleanup"})
-    assert build_problems(load_template(data)) == []
+def test_source_validation_only_takes_the_source_as_it_is():
+    """Its plan has the validations and no customizers; with customizers it is refused (they
+    would never run)."""
+    template = load_template(linux_template(validate={"sourceValidationOnly": True, "inVMValidations": VALIDATIONS},
+                                            customize=None))
+    plan = make_plan(template, ResolvedSource("PlatformImage x", "/x.qcow2", "qcow2", 2**30, "0" * 64), "t")
+    assert [(s.phase, s.name) for s in plan.steps] == [("validate", "v"), ("validate", "f")]
+    assert plan.source_validation_only
+    refused = build_problems(load_template(linux_template(validate={"sourceValidationOnly": True})))
+    assert [(p.path, p.rule) for p in refused] == [("$.properties.validate.sourceValidationOnly",
+                                                   "source-validation-with-customizers")]
+
+
+def test_continue_distribute_validations_report_their_status_to_the_engine():
+    """Under continueDistributeOnFailure a validation's exit status is printed and Packer sees
+    success (the build must go on to generalize); otherwise a failing one fails Packer."""
+    source = ResolvedSource("PlatformImage x", "/x.qcow2", "qcow2", 2**30, "0" * 64)
+    ctx = RenderContext(work_dir="/w", output_dir="/w/o", ssh_private_key="/w/k", ssh_public_key="ssh-ed25519 AAAA",
+                        accelerator="tcg", downloads={"https://example.com/a.txt": "/c/a.txt"}, vnc=False)
+    for flag in (True, False):
+        template = load_template(linux_template(validate={"continueDistributeOnFailure": flag,
+                                                          "inVMValidations": VALIDATIONS}))
+        hcl = render_linux(make_plan(template, source, "t"), ctx).hcl
+        assert (VALIDATION_STATUS in hcl) is flag
 
 
 def test_refused_validation_settings_still_validate_and_plan_but_do_not_build(tmp_path, home):
@@ -106,7 +122,7 @@ def test_refused_validation_settings_still_validate_and_plan_but_do_not_build(tm
     assert result.returncode == ExitCode.INVALID_INPUT
     no_traceback(result)
     assert "$.properties.validate.sourceValidationOnly: sourceValidationOnly" in result.stderr
-    assert "hint: drop it or set it to false" in result.stderr
+    assert "hint: drop customize, or set sourceValidationOnly to false" in result.stderr
 
 
 # --- resource IDs: one check for every field that holds one -------------------------------------

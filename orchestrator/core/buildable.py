@@ -34,35 +34,21 @@ def build_problems(template: m.ImageTemplate) -> list[Problem]:
     problems += _validation_settings(template)
     if template.validate and template.validate.in_vm_validations and template.os_type == "Linux":
         for index, check in enumerate(template.validate.in_vm_validations):
-            if not isinstance(check, m.ShellCustomizer):
+            if not isinstance(check, (m.ShellCustomizer, m.FileCustomizer)):
                 problems.append(Problem(f"$.properties.validate.inVMValidations[{index}].type",
                                         "validation-not-buildable",
                                         f"{check.kind} validations are not supported for Linux builds",
-                                        "use Shell validations"))
+                                        "use Shell (or File) validations"))
     return problems
 
 
 def _validation_settings(template: m.ImageTemplate) -> list[Problem]:
-    """The build runs inVMValidations after the customizers, and a failing one fails the build
-    (nothing is distributed, the build VM is removed). Settings that ask for anything else are
-    refused until they are built, not ignored."""
-    problems: list[Problem] = []
+    """sourceValidationOnly validates the source as it is, so it takes no customizers (they
+    would never run): refused rather than ignored."""
     validate = template.validate
-    if validate and validate.source_validation_only:
-        problems.append(Problem("$.properties.validate.sourceValidationOnly", "validation-not-buildable",
-                                "sourceValidationOnly (validate the source image, skip customizing) "
-                                "is not supported by `orchestrate build` yet",
-                                "drop it or set it to false: the build customizes, then runs the validations"))
-    if validate and validate.continue_distribute_on_failure:
-        problems.append(Problem("$.properties.validate.continueDistributeOnFailure", "validation-not-buildable",
-                                "continueDistributeOnFailure (distribute even when a validation fails) "
-                                "is not supported by `orchestrate build` yet",
-                                "drop it or set it to false: a failing validation fails the build and "
-                                "nothing is distributed"))
-    if template.error_handling.on_validation_error != "cleanup":
-        problems.append(Problem("$.properties.errorHandling.onValidationError", "validation-not-buildable",
-                                f"onValidationError `{template.error_handling.on_validation_error}` (keep the build "
-                                "VM after a failed validation) is not supported by `orchestrate build` yet",
-                                "drop it or use cleanup (the default); onCustomizerError: abort does keep the "
-                                "build VM's disk when a customizer fails"))
-    return problems
+    if validate and validate.source_validation_only and template.customize:
+        return [Problem("$.properties.validate.sourceValidationOnly", "source-validation-with-customizers",
+                        "sourceValidationOnly validates the source image as it is: the "
+                        f"{len(template.customize)} customizer(s) in customize would never run",
+                        "drop customize, or set sourceValidationOnly to false to customize, then validate")]
+    return []

@@ -6,8 +6,6 @@ the same digest means the same image, so a finished one need not be built again.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 
 from orchestrator.core import model as m
@@ -95,6 +93,11 @@ class BuildPlan:
     deprovision_command: str
     deprovision_override: str
     on_customizer_error: str = "cleanup"
+    on_validation_error: str = "cleanup"
+    # validate: distribute even when a validation fails (the run still ends Failed, as in AIB);
+    # validate the source as it is (no customizers run)
+    continue_distribute_on_failure: bool = False
+    source_validation_only: bool = False
 
     @property
     def downloads(self) -> tuple[Download, ...]:
@@ -103,13 +106,6 @@ class BuildPlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def digest(self, download_digests: dict[str, str] | None = None) -> str:
-        """Content hash of everything that shapes the image (not the file paths)."""
-        data = self.to_dict()
-        data["source"] = {k: v for k, v in data["source"].items() if k != "path"}
-        data["download_digests"] = download_digests or {}
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> BuildPlan:
@@ -122,7 +118,9 @@ def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> B
             f"{template.vm_profile.os_disk_size_gb} GB is smaller than the source image "
             f"({source_mib / 1024:.1f} GiB): a disk can only grow",
             "raise osDiskSizeGB, or set it to 0 to keep the source size")], name)
-    steps = [_step(i, i, c, "customize") for i, c in enumerate(template.customize, 1)]
+    validate = template.validate or m.Validation()
+    customize = () if validate.source_validation_only else template.customize
+    steps = [_step(i, i, c, "customize") for i, c in enumerate(customize, 1)]
     if template.validate is not None:
         offset = len(steps)
         steps += [_step(offset + i, i, c, "validate") for i, c in enumerate(template.validate.in_vm_validations, 1)]
@@ -145,6 +143,9 @@ def make_plan(template: m.ImageTemplate, source: ResolvedSource, name: str) -> B
         deprovision_command="Sysprep" if windows else m.LINUX_DEPROVISION_COMMAND,
         deprovision_override=m.WINDOWS_DEPROVISION_OVERRIDE if windows else m.LINUX_DEPROVISION_OVERRIDE,
         on_customizer_error=template.error_handling.on_customizer_error,
+        on_validation_error=template.error_handling.on_validation_error,
+        continue_distribute_on_failure=validate.continue_distribute_on_failure,
+        source_validation_only=validate.source_validation_only,
     )
 
 

@@ -105,3 +105,17 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+def display_url(url: str) -> str:
+    """The URL as logs and errors may show it: no credentials, no query (signed URLs carry
+    their secret there)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    query = "?<query hidden>" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + query

@@ -26,6 +26,10 @@ BUILD_USER = "packer"
 UPLOAD_PREFIX = "/tmp/.orchestrator-upload-"
 FINALIZE_SCRIPT = "/run/orchestrator-finalize.sh"
 AS_ROOT = "chmod +x {{ .Path }}; sudo {{ .Vars }} {{ .Path }}"  # Packer's shell execute_command, with sudo
+AS_USER = "chmod +x {{ .Path }}; {{ .Vars }} {{ .Path }}"  # Packer's own default
+# continueDistributeOnFailure: a failing validation must not end the build (the image is still
+# generalized and distributed), so its exit status is printed for the engine and Packer sees 0
+VALIDATION_STATUS = "orchestrator-validation-exit="
 # A File destination made only of these goes straight into the file provisioner; any other
 # goes through an upload to a fixed name and a move script (one SSH round trip more).
 _PLAIN_PATH = re.compile(r"^/tmp/[A-Za-z0-9._+/-]+$")
@@ -133,6 +137,9 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             else:  # a scriptUri script runs as root, as AIB runs it (its quickstart writes /etc/motd)
                 script = _host_path(ctx.downloads[step.download.url])  # type: ignore[union-attr]
                 attrs = (("execute_command", AS_ROOT),)
+            if step.phase == "validate" and plan.continue_distribute_on_failure:
+                command = dict(attrs).get("execute_command", AS_USER)
+                attrs = (("execute_command", f"{command}; echo {VALIDATION_STATUS}$?"),)
             blocks.append(ProvisionerBlock(source, "shell", (
                 ("script", script), ("expect_disconnect", True), *attrs,
             ), (script,)))
@@ -216,6 +223,8 @@ fi
 install -m 0700 /dev/null {FINALIZE_SCRIPT}
 cat > {FINALIZE_SCRIPT} <<'FINALIZE'
 {finalize_script()}FINALIZE
+# the deploy proof checks that a VM from the image gets another machine id than this one
+echo "orchestrator-generalize: build machine-id $(cat /etc/machine-id 2>/dev/null)"
 echo "orchestrator-generalize: done"
 """
 

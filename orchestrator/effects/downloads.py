@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 from orchestrator.config import DEFAULT_DOWNLOAD_SECONDS, DEFAULT_SCRIPT_MAX_MIB, DEFAULT_STALL_SECONDS, MIB
 from orchestrator.effects.files import CHUNK, open_private, remove_stale_parts, sha256_file, temp_name
+from orchestrator.core.redact import display_url  # noqa: F401  (where callers have found it)
 from orchestrator.errors import Canceled, ChecksumMismatch, DownloadFailed
 
 MAX_REDIRECTS = 5
@@ -97,20 +98,6 @@ class DownloadCache:
             return Fetched(url, final, digest, size, False, note)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def display_url(url: str) -> str:
-    """The URL as logs and errors may show it: no credentials, no query (signed URLs carry
-    their secret there)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    query = "?<query hidden>" if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + query
 
 
 def _stream(url: str, dest: Path, where: str, limits: Limits) -> tuple[str, int]:

@@ -177,11 +177,13 @@ class StateStore:
             return [dict(row) for row in db.execute(
                 "SELECT * FROM runs WHERE run_state IN ('Running', 'Canceling') ORDER BY rowid")]
 
-    def last_success(self, template_name: str, build_digest: str) -> dict[str, Any] | None:
+    def last_success(self, template_name: str, build_digest: str | None = None) -> dict[str, Any] | None:
+        """The newest successful run of a template (with this build digest, if given)."""
+        digest_rule, args = ("AND build_digest = ? ", (template_name, build_digest)) if build_digest else ("", (template_name,))
         with self._connect() as db:
             row = db.execute(
-                "SELECT * FROM runs WHERE template_name = ? AND build_digest = ? AND run_state = 'Succeeded' "
-                "ORDER BY start_time DESC LIMIT 1", (template_name, build_digest)).fetchone()
+                f"SELECT * FROM runs WHERE template_name = ? {digest_rule}AND run_state = 'Succeeded' "
+                "ORDER BY start_time DESC LIMIT 1", args).fetchone()
         return dict(row) if row else None
 
     def set_output(self, run_id: str, name: str, kind: str, state: str, artifact_id: str | None = None,

@@ -83,7 +83,19 @@ _V2_COLUMNS = (("runs", "staging_dir", "TEXT"), ("runs", "temp_dir", "TEXT"), ("
 # parts (JSON: what the build digest was made of, so `plan` can say what changed)
 _V3_COLUMNS = (("runs", "proof", "TEXT"), ("runs", "fingerprint", "TEXT"))
 
-SCHEMA_VERSION = 3
+# v4: SourceImage triggers of stored templates (`orchestrate trigger create`); a nightly run
+# builds a triggered template when its source has a version its last successful run did not use
+_V4 = """
+CREATE TABLE IF NOT EXISTS triggers (
+    template_name TEXT NOT NULL COLLATE NOCASE,
+    name TEXT NOT NULL COLLATE NOCASE,
+    kind TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (template_name, name)
+);
+"""
+
+SCHEMA_VERSION = 4
 
 
 def _add_columns(db: sqlite3.Connection, columns: tuple[tuple[str, str, str], ...]) -> None:
@@ -115,7 +127,11 @@ def _to_v3(db: sqlite3.Connection) -> None:
     _add_columns(db, _V3_COLUMNS)
 
 
-_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3))
+def _to_v4(db: sqlite3.Connection) -> None:
+    _script(db, _V4)
+
+
+_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3), (4, _to_v4))
 
 
 def migrate(db: sqlite3.Connection, path: object) -> None:

@@ -3,18 +3,18 @@ disk or a clear error. `orchestrate render -o` writes its files through `write_r
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from orchestrator.config import Config
 from orchestrator.core.plan import BuildPlan
-from orchestrator.core.render import RenderContext, RenderedBuild, render_linux
+from orchestrator.core.render import VALIDATION_STATUS, RenderContext, RenderedBuild, render_linux
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.packer import run_packer
 from orchestrator.effects.runlog import RunLog
 from orchestrator.effects.sshkeys import make_key_pair
-from orchestrator.errors import BuildFailed, BuildTimeout, Canceled, CustomizerFailed
+from orchestrator.errors import BuildFailed, BuildTimeout, Canceled, CustomizerFailed, ValidationFailed
 
 KEY_NAME = "id_ed25519"
 
@@ -35,7 +35,12 @@ class BuildVm:
 
     disk: Path
     key: Path
+    public_key: str = ""
+    machine_id: str = ""  # the build VM's, as generalize saw it (the deploy proof wants another)
     kept: bool = False
+    # continueDistributeOnFailure: the validations that failed (name, exit status); the build
+    # went on to generalize, and the run ends Failed after distributing
+    validation_failures: list[tuple[str, int]] = field(default_factory=list)
 
     def discard_key(self) -> None:
         """The run's private key opens the build VM only; it goes when the run ends (unless the
@@ -52,7 +57,7 @@ def render_build(plan: BuildPlan, work: Path, run_id: str, accelerator: str, dow
                         downloads=downloads, vnc=vnc, console_log=str(console_log) if console_log else None)
     rendered = render_linux(plan, ctx)
     write_rendered(work, rendered)
-    return rendered, BuildVm(disk=work / "packer-output" / "disk.qcow2", key=key_path)
+    return rendered, BuildVm(disk=work / "packer-output" / "disk.qcow2", key=key_path, public_key=public_key)
 
 
 def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBuild, vm: BuildVm, log: RunLog,
@@ -62,11 +67,20 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
     def on_line(source: str, line: str) -> None:
         if source == "generalize" and "orchestrator-generalize: running" in line:
             log.write("orchestrator", "generalize: " + line.split("orchestrator-generalize: ", 1)[1])
+        elif source == "generalize" and "orchestrator-generalize: build machine-id " in line:
+            vm.machine_id = line.split("orchestrator-generalize: build machine-id ", 1)[1].strip()
+        elif source.startswith("validation:") and VALIDATION_STATUS in line:
+            status = line.split(VALIDATION_STATUS, 1)[1].strip()
+            if status != "0":
+                vm.validation_failures.append((source.split(":", 1)[1], int(status) if status.isdigit() else -1))
+                log.write("orchestrator", f"validation {source.split(':', 1)[1]!r} failed (exit {status}); "
+                          "continueDistributeOnFailure: the build goes on, the run will end Failed")
 
     result = run_packer(config.packer, work / "build.pkr.hcl", log, rendered.provisioners,
                         deadline=deadline, cancel=cancel, cache_dir=config.home / "cache" / "packer",
                         vm_marker=str(work), on_source=on_source, on_line=on_line,
-                        keep_on_error=plan.on_customizer_error == "abort", temp_dir=temp)
+                        keep_on_error="abort" in (plan.on_customizer_error, plan.on_validation_error),
+                        temp_dir=temp)
     if result.timed_out:
         raise BuildTimeout(
             f"the build timed out after buildTimeoutInMinutes ({plan.timeout_minutes} min) "
@@ -77,15 +91,18 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
     if result.exit_code != 0:
         detail = "; ".join(result.errors[-2:]) or f"packer exited with {result.exit_code}"
         if result.last_phase.startswith(("customizer:", "validation:")):
+            validation = result.last_phase.startswith("validation:")
             hint = f"see the [{result.last_phase}] lines in {log.path}"
-            if (plan.on_customizer_error == "abort" and result.last_phase.startswith("customizer:")
-                    and vm.disk.is_file()):
+            policy, setting = ((plan.on_validation_error, "onValidationError") if validation
+                               else (plan.on_customizer_error, "onCustomizerError"))
+            if policy == "abort" and vm.disk.is_file():
                 # AIB keeps the build VM on abort; here its disk stays, with the run's SSH key
                 vm.kept = True
-                log.write("orchestrator", f"errorHandling.onCustomizerError is abort: the build VM's disk "
+                log.write("orchestrator", f"errorHandling.{setting} is abort: the build VM's disk "
                           f"is kept at {vm.disk} (SSH key {vm.key}, user packer)")
                 hint += f"; the build VM's disk is kept at {vm.disk} for inspection (SSH key {vm.key})"
-            raise CustomizerFailed(f"{describe(result.last_phase)} failed: {detail}", hint=hint)
+            error = ValidationFailed if validation else CustomizerFailed
+            raise error(f"{describe(result.last_phase)} failed: {detail}", hint=hint)
         raise BuildFailed(f"the build failed during {describe(result.last_phase)}: {detail}",
                           hint=f"see {log.path}")
     if not vm.disk.is_file():
