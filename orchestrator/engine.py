@@ -32,6 +32,7 @@ from orchestrator.core.fingerprint import digest_of, fingerprint_parts
 from orchestrator.core.proof import ProofResult
 from orchestrator.errors import (BuildTimeout, Canceled, OrchestratorError, ProofFailed, TemplateInvalid,
                                  ValidationFailed)
+from orchestrator.pipeline.attest import attest_outputs
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
@@ -188,6 +189,8 @@ class Engine:
             self.config, self.state, plan, target, run.id, run.vm.disk, log, run.reporter, stop,
             self.state.wrote_artifact), plan, stop, redact)
         event, message = done.outcome(plan)
+        run.phase = "signing provenance"
+        attest_outputs(self.config, self.state, run.id, plan, fetched.digests, None, log)
         if run.vm.validation_failures:  # AIB: distributed, and still the run failed
             failed = ", ".join(f"{name!r} (exit {status})" for name, status in run.vm.validation_failures)
             raise ValidationFailed(f"validation {failed} failed; continueDistributeOnFailure is true, so the "

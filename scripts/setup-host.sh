@@ -43,6 +43,8 @@ if [ ! -e "$stamp" ]; then
     touch "$stamp"
 fi
 ln -sf "$venv/bin/orchestrate" /usr/local/bin/orchestrate
+# The provenance signing key (data home keys/, owner-only): made once, kept after.
+orchestrate keys init >/dev/null || die "cannot make the provenance signing key (see the error above)"
 
 # The base image is built again only when none is imported or build-base-image.sh changed.
 home=$("$venv/bin/python" -c 'from orchestrator.config import default_home; print(default_home())')

@@ -19,7 +19,8 @@ from orchestrator.engine import Engine
 from orchestrator.effects.packer import qemu_pids
 from orchestrator.effects.proc import run_processes
 from orchestrator.effects.state import StateStore
-from orchestrator.errors import ExitCode
+from orchestrator.errors import DigestMismatch, ExitCode
+from orchestrator.service.verify import verify_artifact
 from tests.helpers import dumps, linux_template
 from tests.vhd_inspect import MIB, Ext4Image, footer
 
@@ -116,6 +117,11 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     assert not list(vhd.parent.glob(".*part*"))
     assert stat.S_IMODE(vhd.stat().st_mode) == 0o600
 
+    checked = verify_artifact(imported_home, str(vhd))  # signed provenance, beside the VHD
+    assert checked.sha256 == props["sha256"] and checked.facts.run_id == result.run_id
+    assert checked.found_by == "sidecar" and Path(props["provenance"]).is_file()
+    assert "provenance 'vhd'" in result.log_path.read_text()
+
     image = Ext4Image(vhd)
     assert image.read("/opt/marker/hostile.txt").decode() == HOSTILE_LINE + "\n"
     assert image.read("/etc/orchestrator-script.txt") == b"from-script-uri\nroot\n"
@@ -145,6 +151,8 @@ def test_build_to_fixed_vhd_then_nothing_rebuilt(tmp_path, imported_home, http_r
     with open(vhd, "r+b") as handle:
         handle.seek(2 * MIB)
         handle.write(b"tampered")
+    with pytest.raises(DigestMismatch):  # the statement no longer matches the artifact
+        verify_artifact(imported_home, str(vhd))
     third = engine.build(load_document(text, "e2e"), "e2e", text, None)
     assert third.reused_run is None and third.run_state == "Succeeded"
     log = third.log_path.read_text()

@@ -20,6 +20,7 @@ from orchestrator.effects.state import StateStore
 from orchestrator.pipeline.reuse import next_run
 from orchestrator.service.runs import Runs
 from tests.helpers import linux_template
+from tests.store_helpers import libvirtd  # noqa: F401, F811  (a fixture)
 
 SPEC = ProofSpec(run_id="20261202-000000-abcd1234", hostname="proof-1a2b3c4d",
                  public_key="ssh-ed25519 AAAAnewkey orchestrator-proof", build_user="packer",
@@ -159,3 +160,66 @@ def test_plan_says_skip_only_for_a_success_with_the_same_fingerprint_and_intact_
     assert verdict.build and any("changed since" in reason for reason in verdict.reasons), verdict
     Path(vhd).unlink()
     assert any("is gone" in reason for reason in next_run(state, plan).reasons)
+
+
+# --- the proof VM against a real libvirtd (no OS on its disk: it need not boot to be stopped) --
+
+def _empty_vm_spec(tmp_path: Path, run_id: str) -> ProofSpec:
+    import shutil
+    import subprocess
+
+    from orchestrator.effects.proof_vm import make_seed_iso
+
+    disk = tmp_path / "overlay.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    spec = dataclasses.replace(SPEC, run_id=run_id, disk=str(disk), seed_iso=str(tmp_path / "seed.iso"),
+                               console_log=str(tmp_path / "console.log"), memory_mib=128, cpus=1,
+                               emulator=shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")
+    files = {}
+    for name, text in seed_files(spec).items():
+        (tmp_path / name).write_text(text)
+        files[name] = tmp_path / name
+    make_seed_iso(files, Path(spec.seed_iso))
+    return spec
+
+
+def _domain_names(uri: str) -> list[str]:
+    import subprocess
+
+    return subprocess.run(["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_the_proof_vm_is_a_transient_domain_gone_after_its_block(tmp_path, libvirtd):
+    from orchestrator.effects.proof_vm import ProofDomain
+
+    spec = _empty_vm_spec(tmp_path, "20261202-000001-feedf00d")
+    with ProofDomain(libvirtd, domain_xml(spec), spec.domain_name) as vm:
+        assert vm.running() and spec.domain_name in _domain_names(libvirtd)
+        assert Path(spec.seed_iso).read_bytes()[0x8001:0x8006] == b"CD001"  # an ISO 9660 seed
+    assert spec.domain_name not in _domain_names(libvirtd)  # destroyed and, transient, forgotten
+
+
+def test_recovery_stops_the_proof_vm_of_a_run_that_died(tmp_path, libvirtd):
+    import subprocess
+
+    from orchestrator.config import Config
+    from orchestrator.effects.proof_vm import ProofDomain
+    from orchestrator.service.recovery import recover
+
+    config = Config(home=tmp_path / "home", libvirt_uri=libvirtd).ensure()
+    state = StateStore(config.db_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    run_id = state.start_run("web", None, lambda rid: tmp_path / f"{rid}.log", pid=dead.pid, pid_start_time=1)
+    Runs(state).sub_state(run_id, "Validating")
+    spec = _empty_vm_spec(tmp_path, run_id)
+    vm = ProofDomain(libvirtd, domain_xml(spec), spec.domain_name).__enter__()  # as a run killed mid-proof left it
+    try:
+        assert spec.domain_name in _domain_names(libvirtd)
+        assert recover(config, state) == [run_id]
+        assert spec.domain_name not in _domain_names(libvirtd)
+        run = state.run(run_id)
+        assert run["run_state"] == "Failed" and f"deploy proof VM {spec.domain_name} stopped" in run["message"]
+    finally:
+        vm.__exit__(None, None, None)

@@ -46,8 +46,10 @@ def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: N
         if new is None:
             continue  # another process recovered it first, or it ended meanwhile
         killed = kill_run_processes(run["id"])
+        proof_vms = _stop_proof_vm(config, run)  # libvirtd's child, not the run's: by its name
         removed = _remove_leftovers(config, run)
         extra = [f"{killed} orphaned process(es) stopped"] if killed else []
+        extra += [f"deploy proof VM {', '.join(proof_vms)} stopped"] if proof_vms else []
         extra += [f"removed {', '.join(removed)}"] if removed else []
         if extra:
             message += "; " + "; ".join(extra)
@@ -59,6 +61,20 @@ def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: N
     if recovered:
         _sweep_publishes(config, state, say)
     return recovered
+
+
+def _stop_proof_vm(config: Config, run: dict[str, Any]) -> list[str]:
+    """The transient domain of a run that died during its deploy proof; only a run that got
+    that far (its proof column is written when the proof ends; its sub-state says Validating)."""
+    if run.get("run_sub_state") != "Validating":
+        return []
+    from orchestrator.core.proof import DOMAIN_PREFIX
+    from orchestrator.effects.proof_vm import destroy_proof_domains
+
+    try:
+        return destroy_proof_domains(config.libvirt_uri, [DOMAIN_PREFIX + run["id"]])
+    except OrchestratorError:  # no libvirt-python: no proof VM can have been started either
+        return []
 
 
 def _remove_leftovers(config: Config, run: dict[str, Any]) -> list[str]:
