@@ -45,6 +45,7 @@ from orchestrator.pipeline.store_phase import prepare as prepare_store
 from orchestrator.service.progress import Reporter
 from orchestrator.service.queue import Admission, LocalAdmission, capacity, demand
 from orchestrator.service.recovery import recover
+from orchestrator.service.retention import prune_after_run
 from orchestrator.service.runs import Runs
 
 
@@ -224,6 +225,8 @@ class Engine:
                     self.state.set_output(run.id, target.run_output_name, target.kind, kind)
         self.runs.end(run.id, event, message)
         self.admission.release(run.id)
+        if event == "succeed":  # [retention]: the template's older gallery versions and VHDs go
+            prune_after_run(self.config, self.state, run.plan.name, run.log)
         run.log.close()
 
     def _prove(self, run: "_Run", accelerator: str) -> None:
