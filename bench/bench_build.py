@@ -69,13 +69,20 @@ def handwritten_seed(work: Path) -> tuple[Path, Path]:
     return seed, key
 
 
-def main() -> int:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+def base_image() -> str | None:
+    """The newest Debian 12 base image scripts/setup-host.sh imported (None: none, said)."""
     records = StateStore(default_home() / "state.db").images("Debian", "debian-12", "12")
     if not records:
         print("no Debian 12 base image imported: run scripts/setup-host.sh first", file=sys.stderr)
+        return None
+    return max(records, key=lambda r: version_key(r.version)).path
+
+
+def main() -> int:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    base = base_image()
+    if base is None:
         return 1
-    base = max(records, key=lambda r: version_key(r.version)).path
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         files = work / "files"

@@ -74,6 +74,7 @@ def prove(config: Config, plan: BuildPlan, run_id: str, vm: BuildVm, staging: Pa
     boot_seconds: float | None = None
     try:
         with ProofDomain(config.libvirt_uri, xml, spec.domain_name) as domain:
+            log.write("proof", f"the proof VM is running ({time.monotonic() - started:.1f} s); waiting for SSH")
             watcher = _BootWatcher(Path(spec.console_log), domain.running)
             try:
                 login = wait_for_login(spec.ssh_port, PROOF_USER, key, deadline, stop, watcher.gave_up)
