@@ -90,3 +90,17 @@ def changes(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:
     if before.get("properties") != after["properties"]:
         said.append("build properties changed (disk size, VM size, generalization, error handling or validation)")
     return said or ["the fingerprints differ"]
+
+
+def step_keys(parts: dict[str, Any]) -> list[str]:
+    """The checkpoint key after each customizer, in order: a hash of the orchestrator's version,
+    the resolved source and every customizer up to and including that one (names, kinds,
+    settings, downloaded content), in order. A checkpoint is used only where the whole prefix
+    is the same: never across another source, orchestrator version or order of steps."""
+    keys, prefix = [], []
+    customizers = [(key, value) for key, value in parts["steps"].items() if key.startswith("customize:")]
+    for key, value in customizers:
+        prefix.append((key, value))
+        keys.append(_hash({"orchestrator": parts["orchestrator"], "source": parts["source"]["sha256"],
+                           "steps": prefix}))
+    return keys

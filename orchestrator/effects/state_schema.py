@@ -95,7 +95,29 @@ CREATE TABLE IF NOT EXISTS triggers (
 );
 """
 
-SCHEMA_VERSION = 4
+# v5: disk checkpoints after each customizer (one qcow2 layer each, keyed by the fingerprint
+# of everything up to that step; `parent` is the layer below, NULL for one on the source image)
+# and where a run started from (a checkpoint's layer: never evicted while the run is active)
+_V5 = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    path TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    parent TEXT,
+    run_id TEXT NOT NULL,
+    template_name TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    step_name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    stat TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_by_key ON checkpoints(key)
+"""
+_V5_COLUMNS = (("runs", "started_from", "TEXT"),)
+
+SCHEMA_VERSION = 5
 
 
 def _add_columns(db: sqlite3.Connection, columns: tuple[tuple[str, str, str], ...]) -> None:
@@ -131,7 +153,12 @@ def _to_v4(db: sqlite3.Connection) -> None:
     _script(db, _V4)
 
 
-_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3), (4, _to_v4))
+def _to_v5(db: sqlite3.Connection) -> None:
+    _script(db, _V5)
+    _add_columns(db, _V5_COLUMNS)
+
+
+_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3), (4, _to_v4), (5, _to_v5))
 
 
 def migrate(db: sqlite3.Connection, path: object) -> None:
