@@ -67,6 +67,12 @@ else
     rm -f "$out"  # the catalog keeps its own link to the file
     echo "$script_sum" > "$stamp_file"
 fi
+# /dev/kvm as Debian's udev rules leave it (root:kvm 0660), where no udev ran: libvirt checks
+# KVM as libvirt-qemu (group kvm), and finding it closed re-probes QEMU's capabilities before
+# every domain start (~40 s each here; the deploy proof starts one per build).
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
 # libvirt: start the daemons where nothing else does (no systemd), then the configured pools.
 uri=$("$venv/bin/python" -c 'from orchestrator.config import load_config; print(load_config().libvirt_uri)')
 case "$uri" in

@@ -44,6 +44,10 @@ def prove(config: Config, plan: BuildPlan, run_id: str, vm: BuildVm, staging: Pa
           log: RunLog, stop: Stop, redact: Redactor) -> ProofResult:
     """Boots and checks the image; the result says each check's outcome (the caller fails the
     run on a failed one). The overlay, seed and key live in the run's staging, which goes."""
+    if plan.os_type == "Windows":  # the WinRM proof; imported here, it imports free_port from this module
+        from orchestrator.pipeline.prove_windows import prove_windows
+
+        return prove_windows(config, plan, run_id, vm, staging, records, accelerator, log, stop, redact)
     started = time.monotonic()
     work = staging / "proof"
     work.mkdir(mode=0o700, exist_ok=True)
