@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="build even if an identical build already succeeded")
         p.add_argument("--no-proof", action="store_true",
                        help="do not boot and check the finished image before distributing it (the deploy proof)")
+        p.add_argument("--resume", metavar="RUN",
+                       help="resume a failed or canceled run from the checkpoint before the step that failed")
+        p.add_argument("--no-checkpoints", action="store_true",
+                       help="start from the source image, not from a stored checkpoint of unchanged steps")
         p.add_argument("--progress", choices=MODES, default=None,
                        help="progress on stderr: live (a terminal's default), plain lines, json lines, none")
 
@@ -116,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--console", action="store_true", help="the build VM's serial console instead")
     for p in (status, cancel, logs):
         p.add_argument("--template", help="the run must be this template's")
-    # verbs with their own modules: the image store, provenance, nightly runs, retention
-    from orchestrator import nightly_commands, provenance_commands, retention_commands, store_commands
+    # verbs with their own modules: the image store, provenance, nightly runs, retention, checkpoints
+    from orchestrator import (checkpoint_commands, nightly_commands, provenance_commands, retention_commands,
+                              store_commands)
 
-    for module in (store_commands, provenance_commands, nightly_commands, retention_commands):
+    for module in (store_commands, provenance_commands, nightly_commands, retention_commands, checkpoint_commands):
         module.add_parsers(sub)
     return parser
 

@@ -75,6 +75,10 @@ class Config:
     # template and runOutputName) a template keeps; None (absent or 0): every one is kept
     retention_keep_versions: int | None = None
     retention_keep_vhds: int | None = None
+    # [checkpoints]: a qcow2 layer after each customizer (resume, incremental rebuilds), kept
+    # under the data home's checkpoints/ up to max_gib (least recently used evicted; 0: none kept)
+    checkpoints_enabled: bool = True
+    checkpoints_max_bytes: int = 20 * 1024**3
 
     def pool_for(self, region: str, storage_account_type: str | None = None) -> str | None:
         """The storage pool of a replica: its storageAccountType's pool if [pools.storage] names
@@ -110,6 +114,10 @@ class Config:
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.home / "checkpoints"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -181,6 +189,7 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "proof": {"deploy": ("proof_deploy", "bool"), "timeout_seconds": ("proof_timeout_seconds", "seconds")},
     "retention": {"keep_versions": ("retention_keep_versions", "keep"),
                   "keep_vhds": ("retention_keep_vhds", "keep")},
+    "checkpoints": {"enabled": ("checkpoints_enabled", "bool"), "max_gib": ("checkpoints_max_bytes", "gib")},
     "mirrors": {},  # any URL prefix: read by _mirrors
 }
 
@@ -286,6 +295,10 @@ def _setting(file: Path, name: str, kind: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad("a whole number (0 keeps all)")
         return value or None
+    if kind == "gib":  # a size cap in GiB; 0 allowed
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise bad("a size in GiB (0 or more)")
+        return int(value * 1024**3)
     if kind == "count":
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise bad("a positive whole number")

@@ -34,6 +34,9 @@ from orchestrator.errors import (BuildTimeout, Canceled, OrchestratorError, Proo
                                  ValidationFailed)
 from orchestrator.pipeline.attest import attest_outputs
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
+from orchestrator.pipeline.checkpoints import check_resume
+from orchestrator.pipeline.checkpoints import prepare as prepare_checkpoints
+from orchestrator.pipeline.checkpoints import register as register_checkpoints
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
 from orchestrator.pipeline.prove import prove
@@ -85,11 +88,14 @@ class Engine:
     def build(self, template: m.ImageTemplate, name: str, template_text: str, template_path: str | None,
               progress: Reporter | Callable[[str], None] | None = None, force: bool = False,
               cancel: Stop | None = None, template_sha256: str | None = None,
-              proof: bool | None = None) -> BuildResult:
+              proof: bool | None = None, resume: str | None = None, checkpoints: bool = True) -> BuildResult:
         """`proof`: boot and check the finished image before distributing it (None: as the
-        configuration says, [proof] deploy)."""
+        configuration says, [proof] deploy). `resume`: a failed run whose checkpoints the build
+        starts from; `checkpoints` False: no stored checkpoint is started from (one is still
+        taken after each customizer)."""
         policy = HostPolicy.of(self.config, Path(template_path).parent if template_path else None)
         plan = self.plan(template, name, policy)  # refuses before a run is recorded
+        resume_notes = check_resume(self.state, resume, name, template_sha256) if resume else []
         stop = cancel or Stop()
         reporter = progress if isinstance(progress, Reporter) else _text_reporter(progress)
         redact = reporter.redact = Redactor.of(template.secrets)
@@ -103,7 +109,10 @@ class Engine:
             records.mkdir(mode=0o700, parents=True)
             log = RunLog(records / "customization.log", redact, listener=reporter.line)
             run = _Run(run_id, plan, log, reporter, stop, records,
-                       prove=self.config.proof_deploy if proof is None else proof)
+                       prove=self.config.proof_deploy if proof is None else proof,
+                       resume=resume, use_checkpoints=checkpoints or bool(resume))
+            for note in resume_notes:
+                log.write("orchestrator", note)
             with run_environment(run_id):
                 return self._run(run, template, template_text, policy, force)
 
@@ -170,7 +179,9 @@ class Engine:
             log.write("orchestrator", note)
             run.reporter.note(note)
             return BuildResult(run.id, "Succeeded", self.state.outputs(run.id), log.path, previous["id"], note)
-        disk = run.staging.packer_output / "disk.qcow2"
+        checkpointing = prepare_checkpoints(self.config, self.state, plan, parts, run.id, run.staging, log,
+                                            use_stored=run.use_checkpoints and not force, resume=run.resume)
+        disk = checkpointing.disk if checkpointing else run.staging.packer_output / "disk.qcow2"
         run.phase = "preparing the image store"
         prepare_store(self.config, self.state, template, plan, run.id, disk, log, run.reporter, stop,
                       self.state.wrote_artifact)  # pools, uses, checks: before boot
@@ -178,12 +189,18 @@ class Engine:
                                         Path(plan.source.path), self.config.qemu_system)
         log.write("orchestrator", f"accelerator: {accel} ({why})")
         console = run.staging.root / "console.log"  # QEMU writes it; the records get it redacted
-        rendered, run.vm = render_build(plan, run.staging.root, run.id, accel, fetched.paths, self.config.vnc,
-                                        console_log=console)
+        rendered, run.vm = render_build(checkpointing.plan if checkpointing else plan, run.staging.root, run.id,
+                                        accel, fetched.paths, self.config.vnc, console_log=console,
+                                        checkpoints=checkpointing.render if checkpointing else None)
+        run.vm.disk = disk
         self._phase(run, "Building", f"booting the build VM ({accel})", "booting the build VM")
-        with RedactedCopy(console, run.records / "console.log", redact):
-            run_build(plan, self.config, run.staging.root, rendered, run.vm, log, deadline, stop,
-                      self._step_reporter(run, rendered), temp=run.staging.temp)
+        try:
+            with RedactedCopy(console, run.records / "console.log", redact):
+                run_build(plan, self.config, run.staging.root, rendered, run.vm, log, deadline, stop,
+                          self._step_reporter(run, rendered), temp=run.staging.temp)
+        finally:  # the checkpoints taken before a failure are what a resume starts from
+            if checkpointing:
+                register_checkpoints(self.config, self.state, checkpointing, run.id, plan.name, log)
         self._prove(run, accel)
         self._phase(run, "Distributing", "distributing", "distributing")
         done = distribute_all(lambda target: DistributeJob(
@@ -286,6 +303,8 @@ class _Run:
     stop: Stop
     records: Path
     prove: bool = True  # boot and check the image before distributing it
+    resume: str | None = None  # the failed run this one resumes
+    use_checkpoints: bool = True  # start from a stored checkpoint where the steps are unchanged
     phase: str = "queued"  # what the run was doing, as a cancel or timeout message says
     staging: Staging | None = None
     vm: BuildVm | None = None

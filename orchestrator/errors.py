@@ -139,3 +139,9 @@ class ArtifactUnreadable(OrchestratorError):
 
 class SigningKeyProblem(EnvironmentProblem):
     """The host's provenance key cannot be made, read or used."""
+
+
+# --- checkpoints (effects/checkpoint_store.py) -------------------------------------------------
+class CheckpointFailed(BuildFailed):
+    """A checkpoint layer cannot be registered (not a frozen qcow2 layer under the store, its
+    parent is not registered, or another layer is already registered at its path)."""

@@ -59,7 +59,9 @@ def run_template(args: argparse.Namespace, config: Config, template: m.ImageTemp
     sink, close = open_view(mode)
     try:
         result = engine.build(template, name, text, template_path, Reporter(sink), force=args.force,
-                              template_sha256=template_sha256, proof=False if args.no_proof else None)
+                              template_sha256=template_sha256, proof=False if args.no_proof else None,
+                              resume=args.resume and get_run(store(config), args.resume, name)["id"],
+                              checkpoints=not args.no_checkpoints)
     finally:
         close()
     code = int(ExitCode.PARTIALLY_SUCCEEDED) if result.run_state == "PartiallySucceeded" else 0

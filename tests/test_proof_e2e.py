@@ -33,7 +33,7 @@ def _cli(*args: str, home: Path, proof: str = "on") -> subprocess.CompletedProce
 def _domains(libvirt_uri: str) -> list[str]:
     listed = subprocess.run(["virsh", "-c", libvirt_uri, "list", "--all", "--name"], capture_output=True, text=True,
                             check=True).stdout
-    return [name for name in listed.split() if name.startswith(DOMAIN_PREFIX)]
+    return listed.split()  # other tests' proof VMs may be running meanwhile
 
 
 def test_validated_and_proven_image_is_distributed_then_skipped(tmp_path, imported_home, http_root, libvirtd):
@@ -65,7 +65,7 @@ def test_validated_and_proven_image_is_distributed_then_skipped(tmp_path, import
     assert "[proof] deploy proof passed" in log and "ok build-user-gone" in log
     shown = _cli("status", built["runId"], home=home).stdout
     assert "deploy proof: Passed" in shown and "ok     hostname:" in shown
-    assert _domains(libvirtd) == []  # the transient domain is gone, and left no definition
+    assert DOMAIN_PREFIX + built["runId"] not in _domains(libvirtd)  # gone, and left no definition
     [output] = built["runOutputs"]
     vhd = Path(output["properties"]["path"])
     image = Ext4Image(vhd)  # the proof booted an overlay: the artifact is still a sealed image
@@ -101,7 +101,7 @@ def test_proof_fails_an_image_whose_sshd_cannot_start(tmp_path, imported_home, l
     assert not proof["checks"][0]["passed"] and "sshd" in proof["checks"][0]["detail"]
     assert not list(imported_home.artifacts_dir.rglob("*.vhd"))
     assert (Path(run["log_path"]).parent / "proof-console.log").is_file()
-    assert _domains(libvirtd) == []
+    assert DOMAIN_PREFIX + run["id"] not in _domains(libvirtd)
 
 
 def test_failing_validation_fails_the_run_with_its_output(tmp_path, imported_home):

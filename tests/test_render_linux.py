@@ -30,12 +30,12 @@ def _source(tmp_path: Path) -> ResolvedSource:
     return ResolvedSource("PlatformImage test", str(image), "qcow2", 3 * 1024**3, "0" * 64, "1.0.0")
 
 
-def _render(tmp_path: Path, data: dict | m.ImageTemplate, downloads: dict | None = None):
+def _render(tmp_path: Path, data: dict | m.ImageTemplate, downloads: dict | None = None, checkpoints=None):
     template = data if isinstance(data, m.ImageTemplate) else load_template(data)
     plan = make_plan(template, _source(tmp_path), "test")
     work = tmp_path / "work"
     ctx = RenderContext(str(work), str(work / "out"), str(work / "id_ed25519"), "ssh-ed25519 AAAAC3 test", "tcg",
-                        downloads or {})
+                        downloads or {}, checkpoints=checkpoints)
     rendered = render_linux(plan, ctx)
     for rel, content in rendered.files.items():
         (work / rel).parent.mkdir(parents=True, exist_ok=True)

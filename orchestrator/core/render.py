@@ -6,6 +6,7 @@ does not run through HCL or Go-template interpolation.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import re
 import shlex
@@ -15,6 +16,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from orchestrator.core.checkpoint_steps import SAVED_TMP, CheckpointPlan, guest_checkpoint_script, host_checkpoint_script, resume_script
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
 from orchestrator.errors import UsageError
@@ -48,6 +50,7 @@ class RenderContext:
     headless: bool = True
     vnc: bool = False  # the build VM's VNC console: off, or on 127.0.0.1 with a per-run password
     console_log: str | None = None  # the build VM's serial console; default: serial.log in work_dir
+    checkpoints: CheckpointPlan | None = None  # a disk checkpoint after each customizer (QMP)
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,15 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
     files: dict[str, str] = {}
     blocks: list[ProvisionerBlock] = []
     work = Path(ctx.work_dir)
+    checkpoints = ctx.checkpoints
+    if checkpoints and checkpoints.start_after:
+        files["steps/00-resume.sh"] = resume_script(BUILD_USER, ctx.ssh_public_key)
+        script = _host_path(str(work / "steps/00-resume.sh"))
+        blocks.append(ProvisionerBlock("resume", "shell", (("script", script), ("execute_command", AS_ROOT)),
+                                       (script,)))
     for step in plan.steps:
+        if checkpoints and step.phase == "customize" and step.index <= checkpoints.start_after:
+            continue  # done in the checkpoint this build starts on
         source = f"customizer:{step.name}" if step.phase == "customize" else f"validation:{step.name}"
         slug = f"{step.index:02d}-{_safe_slug(step.name)}"
         if step.kind == "Shell":
@@ -150,15 +161,15 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
                 blocks.append(ProvisionerBlock(source, "file", (
                     ("source", local), ("destination", destination),
                 ), (local,)))
-                continue
-            upload = f"{UPLOAD_PREFIX}{step.index}"
-            blocks.append(ProvisionerBlock(source, "file", (
-                ("source", local), ("destination", upload),
-            ), (local, upload)))
-            rel = f"steps/{slug}.place.sh"
-            files[rel] = move_script(upload, step.destination or "")
-            script = _host_path(str(work / rel))
-            blocks.append(ProvisionerBlock(source, "shell", (("script", script),), (script,)))
+            else:
+                upload = f"{UPLOAD_PREFIX}{step.index}"
+                blocks.append(ProvisionerBlock(source, "file", (
+                    ("source", local), ("destination", upload),
+                ), (local, upload)))
+                rel = f"steps/{slug}.place.sh"
+                files[rel] = move_script(upload, step.destination or "")
+                script = _host_path(str(work / rel))
+                blocks.append(ProvisionerBlock(source, "shell", (("script", script),), (script,)))
         elif step.kind == "PowerShell":  # AIB runs PowerShell on Linux with pwsh
             if step.inline is not None:
                 rel = f"steps/{slug}.ps1"
@@ -174,6 +185,8 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             ), (script,)))
         else:
             raise ValueError(f"{step.kind} customizers need a Windows source")
+        if checkpoints and step.phase == "customize":
+            blocks += _checkpoint_blocks(step.index, step.name, slug, checkpoints, work, files)
     rel = "steps/90-generalize.sh"
     files[rel] = generalize_script(plan.deprovision_command, plan.deprovision_override)
     script = _host_path(str(work / rel))
@@ -182,7 +195,7 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         ("execute_command", AS_ROOT),
         ("skip_clean", True),
     ), (script,)))
-    files["seed/meta-data"] = cloud_init_meta_data(plan.name)
+    files["seed/meta-data"] = cloud_init_meta_data(plan.name, ctx.ssh_public_key)
     files["seed/user-data"] = cloud_init_user_data(ctx.ssh_public_key)
     seed = [_host_path(str(work / "seed/meta-data")), _host_path(str(work / "seed/user-data"))]
     hcl = _environment().get_template("linux.pkr.hcl.j2").render(
@@ -192,6 +205,19 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         hcl_string=hcl_string,
     )
     return RenderedBuild(hcl, files, tuple(blocks))
+
+
+def _checkpoint_blocks(position: int, name: str, slug: str, checkpoints: CheckpointPlan, work: Path,
+                       files: dict[str, str]) -> list[ProvisionerBlock]:
+    guest, host = f"steps/{slug}.checkpoint.sh", f"steps/{slug}.checkpoint-host.sh"
+    files[guest] = guest_checkpoint_script()
+    files[host] = host_checkpoint_script(checkpoints.hook, position)
+    guest_path, host_path = _host_path(str(work / guest)), _host_path(str(work / host))
+    return [ProvisionerBlock(f"checkpoint:{name}", "shell", (("script", guest_path), ("execute_command", AS_ROOT)),
+                             (guest_path,)),
+            # the script is written owner-only and not executable: sh reads it
+            ProvisionerBlock(f"checkpoint:{name}", "shell-local", (
+                ("script", host_path), ("execute_command", ["/bin/sh", "{{.Script}}"])), (host_path,))]
 
 
 def inline_script(commands: tuple[str, ...]) -> str:
@@ -249,14 +275,18 @@ rm -f /var/log/cloud-init.log /var/log/cloud-init-output.log
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 rm -f /root/.bash_history
+rm -rf {SAVED_TMP.rsplit("/", 1)[0]}
 sync
 shutdown -P now
 """
 
 
-def cloud_init_meta_data(name: str) -> str:
+def cloud_init_meta_data(name: str, public_key: str) -> str:
+    """A new instance per run (the run's key names it): a build resumed from a checkpoint boots
+    a disk cloud-init has seen, and adds the new key only for an instance it has not."""
     # no local-hostname: setting one starts systemd-hostnamed, seconds under TCG
-    return _yaml({"instance-id": f"orchestrator-{_safe_slug(name)}"})
+    run = hashlib.sha256(public_key.encode()).hexdigest()[:12]
+    return _yaml({"instance-id": f"orchestrator-{_safe_slug(name)}-{run}"})
 
 
 def cloud_init_user_data(public_key: str) -> str:

@@ -54,7 +54,7 @@ class SourceTracker:
 
     def feed(self, line: str) -> str | None:
         """Returns the new source when this line starts one, else None."""
-        if "Provisioning with" in line or "Uploading" in line:
+        if "Provisioning with" in line or "Uploading" in line or "Running local shell script" in line:
             for block in self.blocks:
                 if any(key in line for key in block.log_keys):
                     if block.source != self.current:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.config import Config
+from orchestrator.core.checkpoint_steps import CheckpointPlan
 from orchestrator.core.plan import BuildPlan
 from orchestrator.core.render import VALIDATION_STATUS, RenderContext, RenderedBuild, render_linux
 from orchestrator.effects.files import write_atomic
@@ -50,11 +51,13 @@ class BuildVm:
 
 
 def render_build(plan: BuildPlan, work: Path, run_id: str, accelerator: str, downloads: dict[str, str],
-                 vnc: bool, console_log: Path | None = None) -> tuple[RenderedBuild, BuildVm]:
+                 vnc: bool, console_log: Path | None = None,
+                 checkpoints: CheckpointPlan | None = None) -> tuple[RenderedBuild, BuildVm]:
     key_path, public_key = make_key_pair(work / KEY_NAME, f"orchestrator-{run_id}")
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
                         ssh_private_key=str(key_path), ssh_public_key=public_key, accelerator=accelerator,
-                        downloads=downloads, vnc=vnc, console_log=str(console_log) if console_log else None)
+                        downloads=downloads, vnc=vnc, console_log=str(console_log) if console_log else None,
+                        checkpoints=checkpoints)
     rendered = render_linux(plan, ctx)
     write_rendered(work, rendered)
     return rendered, BuildVm(disk=work / "packer-output" / "disk.qcow2", key=key_path, public_key=public_key)
@@ -95,6 +98,8 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
             hint = f"see the [{result.last_phase}] lines in {log.path}"
             policy, setting = ((plan.on_validation_error, "onValidationError") if validation
                                else (plan.on_customizer_error, "onCustomizerError"))
+            if policy == "abort" and not vm.disk.is_file():
+                vm.disk = work / "packer-output" / "disk.qcow2"  # failed before its first checkpoint
             if policy == "abort" and vm.disk.is_file():
                 # AIB keeps the build VM on abort; here its disk stays, with the run's SSH key
                 vm.kept = True
