@@ -17,7 +17,7 @@ import threading
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import hcl2
 import pytest
@@ -27,6 +27,7 @@ from hcl2 import SerializationOptions
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.core.checkpoint_steps import CheckpointPlan
 from orchestrator.core.plan import BuildPlan, ResolvedSource, make_plan
 from orchestrator.core.render import RenderContext, RenderedBuild
 from orchestrator.core.render_windows import (
@@ -55,8 +56,8 @@ PASSWORD = "Aa1-per-run-password-0123456789"
 # ---------------------------------------------------------------------------------------------
 
 
-def make_build(tmp_path: Path, data: dict | m.ImageTemplate,
-               name: str = "win") -> tuple[BuildPlan, RenderContext, RenderedBuild]:
+def make_build(tmp_path: Path, data: dict | m.ImageTemplate, name: str = "win",
+               checkpoints: CheckpointPlan | None = None) -> tuple[BuildPlan, RenderContext, RenderedBuild]:
     template = data if isinstance(data, m.ImageTemplate) else load_template(data, name)
     assert template.os_type == "Windows"
     base = tmp_path / "images" / "windows.qcow2"
@@ -74,7 +75,7 @@ def make_build(tmp_path: Path, data: dict | m.ImageTemplate,
     work = tmp_path / "work"
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
                         ssh_private_key=str(work / "id_ed25519"), ssh_public_key="ssh-ed25519 AAAAtest orchestrator",
-                        accelerator="tcg", downloads=downloads)
+                        accelerator="tcg", downloads=downloads, checkpoints=checkpoints)
     return plan, ctx, render_windows(plan, ctx)
 
 
@@ -526,13 +527,21 @@ class FakeWinRM(http.server.BaseHTTPRequestHandler):
 
     commands: list[str]
     auth: list[str]
+    refuse: ClassVar[list[int]] = []  # [n]: the first n requests get 401, as from a guest with another password
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_POST(self) -> None:
         self.auth.append(self.headers.get("Authorization", ""))
-        root = ET.fromstring(self.rfile.read(int(self.headers["Content-Length"])))
+        request = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.refuse and self.refuse[0] > 0:
+            self.refuse[0] -= 1
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        root = ET.fromstring(request)
         action = root.find(".//a:Action", _NS).text or ""
         if action.endswith("/transfer/Create"):
             shell = uuid.uuid4()

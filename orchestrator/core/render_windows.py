@@ -23,6 +23,19 @@ only fail after `winrm_timeout` (30 min) of refused logins. The caller generates
 `windows_seed_files(password)` next to the rendered files (mode 0600) and adds
 `packer_environment(password)` to Packer's environment. Packer masks a sensitive variable in
 its output.
+
+Checkpoints (`ctx.checkpoints`, as in `render_linux`): after each customizer a PowerShell step
+flushes the registry hives and the volumes (Write-VolumeCache) and a shell-local step runs the
+host hook, which freezes the disk's top layer over QEMU's monitor. The disk is IDE here, so the
+hook's manifest must name CHECKPOINT_DRIVE, not virtio0. Nothing needs saving for a resumed build
+(Linux saves /tmp): C:\\ keeps its files at a boot, the override C:\\DeprovisioningScript.ps1 too,
+and a File step's upload (C:/Windows/Temp) is moved to its destination in its own step. What a
+resumed build does need is its login: its VM boots an earlier run's disk, where `packer` still has
+the earlier run's password, and the base image's bootstrap (first boot only, as a rule) does not
+run again. No HCL can fix that before Packer logs in, so the first checkpoint step installs a
+startup task (SYSTEM) that sets the password from the seed CD at every boot; Packer's WinRM login
+fails (401) and retries until it has. The earlier run's password no longer opens the VM. The
+resumed build's first step (`resume`) reports it; the generalize step removes the task.
 """
 from __future__ import annotations
 
@@ -30,6 +43,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.core.checkpoint_steps import HOOK_MARK, host_checkpoint_script
 from orchestrator.core.hcl import hcl_value
 from orchestrator.core.plan import BuildPlan, Step
 from orchestrator.core.render import (
@@ -55,6 +69,15 @@ UPDATE_REBOOT_MARKER = "C:\\Windows\\Temp\\orchestrator-windows-update.reboot"
 FINALIZE_SCRIPT = "C:\\Windows\\Temp\\orchestrator-finalize.cmd"
 SHUTDOWN_COMMAND = 'shutdown /s /t 10 /f /d p:4:1 /c "Packer Shutdown"'
 STEP_MARKER = "Provisioning with {kind} [orchestrator step {index:02d}]"
+# Inbox drivers only: a Windows image without virtio drivers still boots. Packer 1.6.6 passes
+# `-drive file=...,if=ide`, the first disk: QEMU names that drive ide0-hd0 (bus 0, unit 0), the
+# id the checkpoint hook's blockdev-snapshot addresses (the manifest's "drive").
+DISK_INTERFACE = "ide"
+CHECKPOINT_DRIVE = "ide0-hd0"
+CHECKPOINT_BOOT_TASK = "orchestrator-checkpoint-boot"
+CHECKPOINT_BOOT_FOLDER = "C:\\ProgramData\\orchestrator-checkpoint"
+CHECKPOINT_BOOT_SCRIPT = CHECKPOINT_BOOT_FOLDER + "\\boot.ps1"
+CHECKPOINT_BOOT_LOG = CHECKPOINT_BOOT_FOLDER + "\\boot.log"
 _PASSWORD_RE = re.compile(r"[A-Za-z0-9_-]{16,127}")
 UTF8_BOM = "\ufeff"  # Windows PowerShell 5.1 reads a .ps1 without BOM in the ANSI code page
 
@@ -142,7 +165,17 @@ def render_windows(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         files[rel] = UTF8_BOM + content
         return _host_path(str(work / rel))
 
+    checkpoints = ctx.checkpoints
+    if checkpoints:
+        _host_path(checkpoints.qmp_socket)  # a builder string: Go templates would read `{{`
+    if checkpoints and checkpoints.start_after:
+        script = write_ps1("steps/00-resume.ps1", checkpoint_resume_script(checkpoints.start_after))
+        add(ProvisionerBlock("resume", "powershell", (("script", script),), (script,)),
+            f"the disk is the checkpoint after customizer {checkpoints.start_after}; the login worked, "
+            "so its boot task has set this run's password")
     for step in plan.steps:
+        if checkpoints and step.phase == "customize" and step.index <= checkpoints.start_after:
+            continue  # done in the checkpoint this build starts on
         source = f"customizer:{step.name}" if step.phase == "customize" else f"validation:{step.name}"
         slug = f"{step.index:02d}-{_safe_slug(step.name)}"
         if step.kind == "PowerShell":
@@ -192,8 +225,17 @@ def render_windows(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
                 ), ()), f"round {round_} of {UPDATE_ROUNDS}: restarts only if the round asked for it")
         else:
             raise ValueError(f"{step.kind} customizers need a Linux source")
+        if checkpoints and step.phase == "customize":
+            guest = write_ps1(f"steps/{slug}.checkpoint.ps1", checkpoint_script())
+            add(ProvisionerBlock(f"checkpoint:{step.name}", "powershell", (("script", guest),), (guest,)),
+                "flushes the guest's registry and volumes for the checkpoint")
+            files[f"steps/{slug}.checkpoint-host.sh"] = host_checkpoint_script(checkpoints.hook, step.index)
+            host = _host_path(str(work / f"steps/{slug}.checkpoint-host.sh"))
+            add(ProvisionerBlock(f"checkpoint:{step.name}", "shell-local", (  # owner-only, not executable
+                ("script", host), ("execute_command", ("/bin/sh", "{{.Script}}"))), (host,)),
+                f"the host freezes the disk ({CHECKPOINT_DRIVE}) after customizer {step.index}")
 
-    script = write_ps1("steps/90-generalize.ps1", generalize_script(plan.deprovision_override))
+    script = write_ps1("steps/90-generalize.ps1", generalize_script(plan.deprovision_override, bool(checkpoints)))
     add(ProvisionerBlock("generalize", "powershell", (
         ("script", script),
         ("elevated_user", "SYSTEM"),
@@ -205,7 +247,7 @@ def render_windows(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         seed_files=[_host_path(str(work / SEED_PASSWORD_FILE))],
         seed_label=SEED_LABEL, seed_password_name=SEED_PASSWORD_NAME,
         shutdown_command=f"cmd /c {FINALIZE_SCRIPT}",
-        winrm_guest_port=WINRM_GUEST_PORT,
+        winrm_guest_port=WINRM_GUEST_PORT, disk_interface=DISK_INTERFACE, checkpoint_drive=CHECKPOINT_DRIVE,
         serial_log=_host_path(ctx.console_log or str(work / "serial.log")),
     )
     return RenderedBuild(hcl, files, tuple(block for block, _ in entries))
@@ -273,13 +315,54 @@ def windows_update_script(step: Step) -> str:
     return data + _script_body("windows-update.ps1")
 
 
-def generalize_script(override: str) -> str:
+def generalize_script(override: str, checkpoints: bool = False) -> str:
     data = (
         "# ---- data: generated ----\n"
         f"$OverridePath = {powershell_literal(override)}\n"
         f"$FinalizeScript = {powershell_literal(FINALIZE_SCRIPT)}\n"
         f"$BuildUser = {powershell_literal(BUILD_USER)}\n"
         f"$ShutdownCommand = {powershell_literal(SHUTDOWN_COMMAND)}\n"
+        f"$BootTask = {powershell_literal(CHECKPOINT_BOOT_TASK if checkpoints else '')}\n"
+        f"$BootFolder = {powershell_literal(CHECKPOINT_BOOT_FOLDER)}\n"
         "# ---- end of data ----\n\n"
     )
     return data + _script_body("generalize.ps1")
+
+
+def checkpoint_boot_script() -> str:
+    """What the boot task runs (as SYSTEM, at each boot): the seed CD's password for `packer`."""
+    data = (
+        "# ---- data: generated ----\n"
+        f"$SeedLabel = {powershell_literal(SEED_LABEL)}\n"
+        f"$PasswordName = {powershell_literal(SEED_PASSWORD_NAME)}\n"
+        f"$BuildUser = {powershell_literal(BUILD_USER)}\n"
+        f"$LogFile = {powershell_literal(CHECKPOINT_BOOT_LOG)}\n"
+        "# ---- end of data ----\n\n"
+    )
+    return data + _script_body("checkpoint-boot.ps1")
+
+
+def checkpoint_script() -> str:
+    """The guest step after each customizer: the boot task (once), then every flush."""
+    data = (
+        "# ---- data: generated ----\n"
+        f"$BootFolder = {powershell_literal(CHECKPOINT_BOOT_FOLDER)}\n"
+        f"$BootScript = {powershell_literal(CHECKPOINT_BOOT_SCRIPT)}\n"
+        f"$BootTask = {powershell_literal(CHECKPOINT_BOOT_TASK)}\n"
+        f"$Mark = {powershell_literal(HOOK_MARK)}\n"
+        f"$BootText = {powershell_literal(checkpoint_boot_script())}\n"
+        "# ---- end of data ----\n\n"
+    )
+    return data + _script_body("checkpoint.ps1")
+
+
+def checkpoint_resume_script(start_after: int) -> str:
+    data = (
+        "# ---- data: generated ----\n"
+        f"$StartAfter = {int(start_after)}\n"
+        f"$BootTask = {powershell_literal(CHECKPOINT_BOOT_TASK)}\n"
+        f"$LogFile = {powershell_literal(CHECKPOINT_BOOT_LOG)}\n"
+        f"$Mark = {powershell_literal(HOOK_MARK)}\n"
+        "# ---- end of data ----\n\n"
+    )
+    return data + _script_body("checkpoint-resume.ps1")

@@ -5,7 +5,8 @@ while the build VM waits, its file systems flushed:
    own disk.qcow2, hard-linked there: Packer deletes its output directory when a build fails);
 2. a new overlay is made next to it, its backing named relatively (the store can move);
 3. over QEMU's monitor (qemu.qmp) the overlay is added and made the disk's new top
-   (blockdev-add, blockdev-snapshot on the drive `virtio0`): the layer below is now read-only.
+   (blockdev-add, blockdev-snapshot on the manifest's drive: `virtio0` for Linux builds,
+   `ide0-hd0` for Windows ones): the layer below is now read-only.
 
 It appends what it froze to the run's checkpoint log; the engine registers those layers
 (sha256, size) when the build ends, whatever the end. Usage (generated into the HCL):

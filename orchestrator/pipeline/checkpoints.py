@@ -16,6 +16,7 @@ from orchestrator.config import Config
 from orchestrator.core.checkpoint_steps import CheckpointPlan
 from orchestrator.core.fingerprint import step_keys
 from orchestrator.core.plan import BuildPlan, ResolvedSource
+from orchestrator.core.render_windows import CHECKPOINT_DRIVE
 from orchestrator.effects.checkpoint_store import CheckpointStore
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.runlog import RunLog
@@ -64,6 +65,8 @@ def check_resume(state: Any, run_id: str, template_name: str, template_sha256: s
 
 def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], run_id: str, staging: Staging,
             log: RunLog, use_stored: bool, resume: str | None = None) -> CheckpointRun | None:
+    # Windows plans render checkpoints too (render_windows, the drive ide0-hd0), but this host
+    # builds Linux only (core/buildable.py): there is no Windows render_build to hand them to
     if not config.checkpoints_enabled or plan.os_type != "Linux":
         return None
     customizers = [s for s in plan.steps if s.phase == "customize"]
@@ -96,6 +99,7 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
     store_dir.mkdir(mode=0o700, exist_ok=True)
     manifest = {
         "qmp_socket": str(staging.temp / "qmp.sock"),
+        "drive": CHECKPOINT_DRIVE if plan.os_type == "Windows" else "virtio0",  # the disk QMP freezes
         "packer_disk": str(staging.packer_output / "disk.qcow2"),
         "top": str(staging.root / "top.qcow2"),
         "virtual_size": plan.disk_size_mib * MIB,

@@ -6,6 +6,8 @@
 #   $FinalizeScript  the .cmd the shutdown_command runs: removes the build account, powers off
 #   $BuildUser       the build account's name
 #   $ShutdownCommand the command the finalize script ends with
+#   $BootTask        the checkpoints' boot task ('' in a build without checkpoints) and
+#   $BootFolder      its folder: neither stays in the image (see checkpoint.ps1)
 
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
@@ -31,6 +33,12 @@ function Wait-Service([string] $Name) {
 }
 
 try {
+    if ($BootTask) {
+        # before the override or Sysprep: either may end with the VM shut down
+        Unregister-ScheduledTask -TaskName $BootTask -Confirm:$false -ErrorAction SilentlyContinue
+        Remove-Item -LiteralPath $BootFolder -Recurse -Force -ErrorAction SilentlyContinue
+        Say "removed the checkpoints' boot task $BootTask and $BootFolder"
+    }
     if (Test-Path -LiteralPath $OverridePath -PathType Leaf) {
         Say "running $OverridePath (written by a customizer) instead of the default Sysprep"
         Get-Content -LiteralPath $OverridePath | ForEach-Object { Say "| $_" }
