@@ -51,7 +51,11 @@ def take(manifest: dict, position: int) -> dict:
         node = f"orchestrator-ck{position}"
         monitor.cmd("blockdev-add", driver="qcow2", **{"node-name": node},
                     file={"driver": "file", "filename": str(overlay)}, backing=None)
-        monitor.cmd("blockdev-snapshot", node=manifest.get("drive", DRIVE), overlay=node)
+        try:
+            monitor.cmd("blockdev-snapshot", node=manifest.get("drive", DRIVE), overlay=node)
+        except Exception:
+            monitor.cmd("blockdev-del", **{"node-name": node})  # else a second try says "Duplicate node"
+            raise
     finally:
         monitor.close()
     record = {"position": position, "key": layers[position]["key"], "name": layers[position]["name"],
