@@ -180,7 +180,8 @@ class Engine:
             run.reporter.note(note)
             return BuildResult(run.id, "Succeeded", self.state.outputs(run.id), log.path, previous["id"], note)
         checkpointing = prepare_checkpoints(self.config, self.state, plan, parts, run.id, run.staging, log,
-                                            use_stored=run.use_checkpoints and not force, resume=run.resume)
+                                            use_stored=run.use_checkpoints and not force, resume=run.resume,
+                                            secrets=bool(template.secrets))
         disk = checkpointing.disk if checkpointing else run.staging.packer_output / "disk.qcow2"
         run.phase = "preparing the image store"
         prepare_store(self.config, self.state, template, plan, run.id, disk, log, run.reporter, stop,

@@ -246,6 +246,7 @@ def test_a_capacity_queue_cancel_while_queued_and_fetching_and_secrets_never_sho
     assert any(e["kind"] == "step" and e["what"] == "step 1 of 2: useSecret" for e in events)
     log = Path(row_b["log_path"]).read_text()
     assert "the secret is ***" in log and "hello from a signed URL" in log
+    assert "no checkpoints for this run: the template has secure parameters" in log  # its disk is not kept
     console = Path(row_b["console_path"]).read_text(errors="replace")
     assert "on the console ***" in console  # the guest printed it there; the copy kept is masked
 

@@ -64,7 +64,14 @@ def check_resume(state: Any, run_id: str, template_name: str, template_sha256: s
 
 
 def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], run_id: str, staging: Staging,
-            log: RunLog, use_stored: bool, resume: str | None = None) -> CheckpointRun | None:
+            log: RunLog, use_stored: bool, resume: str | None = None, secrets: bool = False) -> CheckpointRun | None:
+    """`secrets`: the template has secure parameters or signed URLs. A checkpoint is the build
+    VM's disk at that step, with whatever the guest held (step scripts that carry the secret
+    among it), kept after the run: such a run takes none, and says so."""
+    if secrets and config.checkpoints_enabled:
+        log.write("orchestrator", "no checkpoints for this run: the template has secure parameters or signed URLs, "
+                  "and a checkpoint keeps the build disk (their step scripts included) after the run")
+        return None
     # Windows plans render checkpoints too (render_windows, the drive ide0-hd0), but this host
     # builds Linux only (core/buildable.py): there is no Windows render_build to hand them to
     if not config.checkpoints_enabled or plan.os_type != "Linux":
