@@ -421,3 +421,24 @@ def test_the_console_copy_is_redacted_and_complete(tmp_path):
             writer.write(b"ret\nlast line without newline")
     assert dest.read_bytes() == b"boot line\r\nthe password is ***\nlast line without newline\n"
     assert oct(dest.stat().st_mode & 0o777) == "0o600"
+
+
+def test_packers_temporaries_go_where_a_socket_path_fits(tmp_path, monkeypatch):
+    """Packer's plugin sockets live in its TMPDIR: a long data home gets a TMPDIR in $TMPDIR,
+    and a long $TMPDIR one in /tmp (a socket path has at most 107 bytes)."""
+    import tempfile
+
+    from orchestrator.config import Config
+    from orchestrator.pipeline.staging import Staging
+
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    config = Config(home=deep / "home").ensure()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))  # a $TMPDIR too long to hold them
+    staging = Staging.create(config, "20261202-000000-abcdef12")
+    try:
+        assert str(staging.temp).startswith("/tmp/orchestrator-20261202-000000-abcdef12-")
+        assert len(str(staging.temp / "packer-plugin1234567890")) < 108
+    finally:
+        staging.remove()
+    assert not staging.temp.exists()

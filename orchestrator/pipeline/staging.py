@@ -35,7 +35,11 @@ class Staging:
         if len(str(temp)) <= _MAX_TEMP_PATH:
             make_private_dir(temp)
         else:
-            temp = Path(tempfile.mkdtemp(prefix=f"orchestrator-{run_id}-"))
+            prefix = f"orchestrator-{run_id}-"
+            base = tempfile.gettempdir()  # $TMPDIR; /tmp when even that is too long a start
+            if len(base) + 1 + len(prefix) + 8 > _MAX_TEMP_PATH:
+                base = "/tmp"
+            temp = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         return cls(root, temp)
 
     @property

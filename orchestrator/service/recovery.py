@@ -82,7 +82,8 @@ def _remove_leftovers(config: Config, run: dict[str, Any]) -> list[str]:
     have died before recording them) and the VHDs it was writing under their temporary names."""
     removed = []
     dirs = {run.get("staging_dir"), run.get("temp_dir"), str(config.home / "staging" / run["id"])}
-    dirs |= {str(p) for p in Path(tempfile.gettempdir()).glob(f"orchestrator-{run['id']}-*")}
+    for base in {tempfile.gettempdir(), "/tmp"}:  # pipeline/staging.py: $TMPDIR, or /tmp if that is long
+        dirs |= {str(p) for p in Path(base).glob(f"orchestrator-{run['id']}-*")}
     for path in sorted(d for d in dirs if d):
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
