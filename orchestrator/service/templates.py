@@ -88,6 +88,9 @@ def delete(config: Config, state: Any, name: str) -> list[str]:
         ids = ", ".join(r["id"] for r in runs)
         raise UsageError(f"template {name!r} has a run in progress ({ids})",
                          hint=f"wait for it, or `orchestrate cancel {runs[0]['id']}`, then delete")
+    from orchestrator.effects.trigger_state import TriggerState
+
+    TriggerState(state).forget_template(name)  # its triggers are its child resources
     for run in runs:  # its records, and a build VM disk errorHandling abort kept
         shutil.rmtree(config.runs_dir / Path(run["id"]).name, ignore_errors=True)
         shutil.rmtree(config.home / "staging" / Path(run["id"]).name, ignore_errors=True)
