@@ -32,14 +32,12 @@ from orchestrator.core.fingerprint import digest_of, fingerprint_parts
 from orchestrator.core.proof import ProofResult
 from orchestrator.errors import (BuildTimeout, Canceled, OrchestratorError, ProofFailed, TemplateInvalid,
                                  ValidationFailed)
-from orchestrator.pipeline.attest import attest_outputs
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
 from orchestrator.pipeline.checkpoints import check_resume
 from orchestrator.pipeline.checkpoints import prepare as prepare_checkpoints
 from orchestrator.pipeline.checkpoints import register as register_checkpoints
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
-from orchestrator.pipeline.prove import prove
 from orchestrator.pipeline.reuse import adopt_outputs, reusable_run
 from orchestrator.pipeline.sizing import fit_to_host
 from orchestrator.pipeline.sources import resolve as resolve_source
@@ -209,6 +207,8 @@ class Engine:
             self.state.wrote_artifact), plan, stop, redact)
         event, message = done.outcome(plan)
         run.phase = "signing provenance"
+        from orchestrator.pipeline.attest import attest_outputs  # the signing stack: only a build needs it
+
         attest_outputs(self.config, self.state, run.id, plan, fetched.digests, None, log)
         if run.vm.validation_failures:  # AIB: distributed, and still the run failed
             failed = ", ".join(f"{name!r} (exit {status})" for name, status in run.vm.validation_failures)
@@ -258,6 +258,8 @@ class Engine:
             run.log.write("proof", f"deploy proof skipped: {why}")
             return
         self._phase(run, "Validating", "deploy proof: booting the image as a fresh VM", "the deploy proof")
+        from orchestrator.pipeline.prove import prove  # paramiko and libvirt: only a proof needs them
+
         result = prove(self.config, run.plan, run.id, run.vm, run.staging.root, run.records, accelerator, run.log,
                        run.stop, run.reporter.redact)
         self.state.update_run(run.id, proof=json.dumps(result.to_dict()))
