@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 
 from orchestrator.effects.libvirt_store import SETUP_HINT, StoreError, _libvirt, _why
+from orchestrator.errors import BuildFailed
 
 
 class ProofDomain:
@@ -84,15 +85,28 @@ def destroy_proof_domains(uri: str, names: list[str]) -> list[str]:
         conn.close()
 
 
-def make_seed_iso(files: dict[str, Path], iso: Path) -> None:
-    """A NoCloud seed (volume label cidata) with xorriso, as Packer's cd_files makes the
-    build VM's."""
+def make_seed_iso(files: dict[str, Path], iso: Path, label: str = "cidata", what: str = "seed ISO") -> None:
+    """An ISO 9660 image with Joliet and Rock Ridge names, made with xorriso as Packer's cd_files
+    makes the build VM's: the NoCloud seed (label cidata) of the Linux proof, the answer CD of
+    the Windows one. `files`: name on the CD -> file on the host. Owner-only (an answer file
+    holds a password), and whole or not at all."""
     part = iso.with_name(iso.name + ".part")
-    command = ["xorriso", "-as", "mkisofs", "-quiet", "-output", str(part), "-volid", "cidata", "-joliet", "-rock",
+    command = ["xorriso", "-as", "mkisofs", "-quiet", "-output", str(part), "-volid", label, "-joliet", "-rock",
                "-graft-points", *[f"{name}={path}" for name, path in files.items()]]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         part.unlink(missing_ok=True)
-        raise StoreError(f"xorriso could not make the deploy proof's seed ISO: {result.stderr.strip()[-300:]}",
+        raise StoreError(f"xorriso could not make the deploy proof's {what}: {result.stderr.strip()[-300:]}",
                          hint="install xorriso (scripts/setup-host.sh does)")
+    part.chmod(0o600)
     part.rename(iso)
+
+
+def make_overlay(disk: Path, overlay: Path) -> None:
+    """A copy-on-write qcow2 overlay on the finished disk: the proof VM writes there, never into
+    the disk that is distributed."""
+    made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk), str(overlay)],
+                          capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        raise BuildFailed(f"cannot make the deploy proof's overlay on {disk}: {made.stderr.strip()}",
+                          hint="see qemu-img's message; the disk must be readable qcow2")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,11 +19,10 @@ from orchestrator.core.render import BUILD_USER
 from orchestrator.core.redact import Redactor
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.proc import Stop
-from orchestrator.effects.proof_vm import ProofDomain, make_seed_iso
+from orchestrator.effects.proof_vm import ProofDomain, make_overlay, make_seed_iso
 from orchestrator.effects.runlog import RunLog
 from orchestrator.effects.ssh_probe import NoLogin, run_command, wait_for_login
 from orchestrator.effects.sshkeys import make_key_pair
-from orchestrator.errors import BuildFailed
 from orchestrator.pipeline.build import BuildVm
 from orchestrator.pipeline.distribute_phase import stopped
 
@@ -52,11 +50,7 @@ def prove(config: Config, plan: BuildPlan, run_id: str, vm: BuildVm, staging: Pa
     work = staging / "proof"
     work.mkdir(mode=0o700, exist_ok=True)
     overlay = work / "overlay.qcow2"
-    made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(vm.disk),
-                           str(overlay)], capture_output=True, text=True, timeout=60)
-    if made.returncode != 0:
-        raise BuildFailed(f"cannot make the deploy proof's overlay on {vm.disk}: {made.stderr.strip()}",
-                          hint="see qemu-img's message; the disk must be readable qcow2")
+    make_overlay(vm.disk, overlay)
     key, public_key = make_key_pair(work / "id_ed25519", f"orchestrator-proof-{run_id}")
     emulator = shutil.which(config.qemu_system) or config.qemu_system
     spec = ProofSpec(run_id=run_id, hostname=f"proof-{secrets.token_hex(4)}", public_key=public_key,

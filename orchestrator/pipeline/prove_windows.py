@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,10 +33,9 @@ from orchestrator.core.proof_windows import (
 )
 from orchestrator.core.redact import MASK, Redactor
 from orchestrator.core.render import BUILD_USER
-from orchestrator.effects.answer_iso import make_answer_iso
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.proc import Stop
-from orchestrator.effects.proof_vm import ProofDomain
+from orchestrator.effects.proof_vm import ProofDomain, make_overlay, make_seed_iso
 from orchestrator.effects.runlog import RunLog
 from orchestrator.effects.winrm_probe import (
     NoWinrmLogin,
@@ -45,7 +43,6 @@ from orchestrator.effects.winrm_probe import (
     run_powershell,
     wait_for_login,
 )
-from orchestrator.errors import BuildFailed
 from orchestrator.pipeline.build import BuildVm
 from orchestrator.pipeline.distribute_phase import stopped
 from orchestrator.pipeline.prove import free_port
@@ -73,11 +70,7 @@ def prove_windows(config: Config, plan: BuildPlan, run_id: str, vm: BuildVm, sta
     work = staging / "proof"
     work.mkdir(mode=0o700, exist_ok=True)
     overlay = work / "overlay.qcow2"
-    made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(vm.disk),
-                           str(overlay)], capture_output=True, text=True, timeout=60)
-    if made.returncode != 0:
-        raise BuildFailed(f"cannot make the deploy proof's overlay on {vm.disk}: {made.stderr.strip()}",
-                          hint="see qemu-img's message; the disk must be readable qcow2")
+    make_overlay(vm.disk, overlay)
     password = new_password()
     spec = WindowsProofSpec(run_id=run_id, computer_name=f"proof-{secrets.token_hex(4)}", admin_password=password,
                             build_user=BUILD_USER, accelerator=accelerator, cpus=plan.cpus,
@@ -91,7 +84,7 @@ def prove_windows(config: Config, plan: BuildPlan, run_id: str, vm: BuildVm, sta
 
     answer = work / ANSWER_FILE
     write_atomic(answer, unattend_xml(spec), mode=0o600)
-    make_answer_iso({ANSWER_FILE: answer}, Path(spec.answer_iso), ANSWER_LABEL)
+    make_seed_iso({ANSWER_FILE: answer}, Path(spec.answer_iso), ANSWER_LABEL, "answer CD")
     xml = windows_domain_xml(spec)
     write_atomic(work / "domain.xml", xml)
     log.write("proof", mask(describe(spec)))
