@@ -6,7 +6,8 @@ of the benchmark's own and to a VHD) and `bench-team-1..4`, each built from that
 `latest` with a script of its own by scriptUri (no sha256: fetched again every night, as a script
 in a repository is) and a VHD target. The scripts are served by the benchmark's own HTTP server
 on 127.0.0.1. Honest state: the templates are stored and built once for real, by a first
-`orchestrate nightly --all` (five Packer builds under TCG, timed and shown too); then ROUNDS
+`orchestrate nightly --all` (five Packer builds under TCG, timed and shown too; a second such
+night builds what failed in the first, an SSH timeout on a busy host, say); then ROUNDS
 nights with nothing changed are timed, each as a separate `orchestrate nightly --all --json`
 process, as the systemd timer starts it (Python's start-up included). Every template of those
 nights must come out `skipped` (reused), or the benchmark fails.
@@ -73,11 +74,11 @@ def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def night(orchestrate: list[str], env: dict[str, str]) -> tuple[float, dict]:
+def night(orchestrate: list[str], env: dict[str, str], check: bool = True) -> tuple[float, dict]:
     started = time.monotonic()
     done = subprocess.run(orchestrate + ["nightly", "--all", "--json"], env=env, capture_output=True, text=True)
     wall = time.monotonic() - started
-    if done.returncode != 0:
+    if done.returncode != 0 and (check or done.returncode != 12 or not done.stdout.startswith("{")):
         print(f"orchestrate nightly exited {done.returncode}:\n{done.stderr}{done.stdout[-6000:]}", file=sys.stderr)
         sys.exit(1)
     return wall, json.loads(done.stdout)
@@ -126,11 +127,16 @@ def main() -> int:
                 subprocess.run(orchestrate + ["template", "create", name, str(path)], env=env, check=True,
                                capture_output=True)
             print(f"seeding: `orchestrate nightly --all` builds {len(docs)} templates for real ...", flush=True)
-            seed_wall, seed = night(orchestrate, env)
-            print(f"  seeding night: {seed_wall:.1f} s; " + ", ".join(
-                f"{t['name']} {t['result']} {t['seconds']:.0f} s" for t in seed["templates"]), flush=True)
-            if seed["counts"]["built"] != len(docs):
-                print(f"the seeding night did not build all {len(docs)}: {seed['counts']}", file=sys.stderr)
+            built: set[str] = set()
+            for attempt in (1, 2):  # a build that failed (a busy host: SSH timeout) gets one more night
+                seed_wall, seed = night(orchestrate, env, check=False)
+                built |= {t["name"] for t in seed["templates"] if t["result"] == "built"}
+                print(f"  seeding night {attempt}: {seed_wall:.1f} s; " + ", ".join(
+                    f"{t['name']} {t['result']} {t['seconds']:.0f} s" for t in seed["templates"]), flush=True)
+                if built == set(docs):
+                    break
+            if built != set(docs):
+                print(f"the seeding nights did not build {sorted(set(docs) - built)}", file=sys.stderr)
                 return 1
             walls: list[float] = []
             measured: list[float] = []
