@@ -92,6 +92,11 @@ def prove(config: Config, plan: BuildPlan, run_id: str, vm: BuildVm, staging: Pa
         console = Path(spec.console_log)
         if console.is_file():  # kept with the run's records, redacted, for a failed proof's reader
             write_atomic(records / "proof-console.log", redact(console.read_text(errors="replace")))
+    return proof_result(checks, boot_seconds, started, log)
+
+
+def proof_result(checks: list[CheckResult], boot_seconds: float | None, started: float, log: RunLog) -> ProofResult:
+    """The proof's result, its failures and its summary in the log (Linux and Windows alike)."""
     result = ProofResult(tuple(checks), boot_seconds, time.monotonic() - started)
     for failure in result.failures:
         log.write("proof", f"FAILED {failure.name}: {failure.detail}")

@@ -45,7 +45,7 @@ from orchestrator.effects.winrm_probe import (
 )
 from orchestrator.pipeline.build import BuildVm
 from orchestrator.pipeline.distribute_phase import stopped
-from orchestrator.pipeline.prove import free_port
+from orchestrator.pipeline.prove import free_port, proof_result
 
 CHECK_SECONDS = 120.0  # one check at most
 # Windows' first boot after Sysprep (specialize, a restart, OOBE, the first logon) takes far
@@ -117,12 +117,7 @@ def prove_windows(config: Config, plan: BuildPlan, run_id: str, vm: BuildVm, sta
             write_atomic(records / "proof-console.log", mask(console.read_text(errors="replace")))
         answer.unlink(missing_ok=True)  # the password's only copies on disk: this and the CD
         Path(spec.answer_iso).unlink(missing_ok=True)
-    result = ProofResult(tuple(checks), boot_seconds, time.monotonic() - started)
-    for failure in result.failures:
-        log.write("proof", f"FAILED {failure.name}: {failure.detail}")
-    log.write("proof", f"deploy proof {'passed' if result.passed else 'failed'}: "
-              f"{sum(c.passed for c in checks)}/{len(checks)} checks in {result.total_seconds:.1f} s")
-    return result
+    return proof_result(checks, boot_seconds, started, log)
 
 
 def _run_check(login: WinrmLogin, check: WindowsCheck, spec: WindowsProofSpec, stop: Stop, log: RunLog,
