@@ -97,3 +97,18 @@ def test_the_failures_it_records_are_redacted(config, tmp_path, full_dir):
     assert "tok-SECRET-1234" not in message and "***.vhd" in message
     assert "tok-SECRET-1234" not in json.dumps(state.outputs(run_id))
     assert "tok-SECRET-1234" not in (config.runs_dir / run_id / "customization.log").read_text()
+
+
+def test_a_full_pool_while_copying_a_volume_is_a_clear_error(tmp_path, full_dir):
+    """A managed image or gallery version is copied into its pool by replicate.copy_hashed: a
+    full pool is an orchestrator error the distribute phase reports per target, not a crash."""
+    from orchestrator.effects.replicate import copy_hashed
+    from orchestrator.errors import BuildFailed
+
+    source = tmp_path / "disk.raw"
+    with open(source, "wb") as out:
+        out.write(os.urandom(32 * 2**20))
+    with pytest.raises(BuildFailed) as failed:
+        copy_hashed(source, [full_dir / "volume.qcow2"], None, "publishing image 1.0.0")
+    assert "publishing image 1.0.0: the file system of" in failed.value.message and "is full" in failed.value.message
+    assert "32 MiB to write" in failed.value.message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import shutil
 import os
 import subprocess
 import threading
@@ -76,6 +77,13 @@ def copy_hashed(src: Path, dests: list[Path], cancel: threading.Event | None, wh
                     position += step
             _parallel(os.fdatasync, outs)
             digest = hashing.result()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            free = min((shutil.disk_usage(d.parent).free for d in dests), default=0)
+            raise BuildFailed(f"{what}: the file system of {', '.join(str(d.parent) for d in dests)} is full "
+                              f"({size / 2**20:.0f} MiB to write, {free / 2**20:.0f} MiB free)",
+                              hint="free space there, or map the region to another pool ([libvirt] pools)") from None
         finally:
             stop.set()
             for out in outs:
