@@ -78,6 +78,9 @@ class Config:
     # [checkpoints]: a qcow2 layer after each customizer (resume, incremental rebuilds), kept
     # under the data home's checkpoints/ up to max_gib (least recently used evicted; 0: none kept)
     checkpoints_enabled: bool = True
+    # [checkpoints] warm: the build VM's memory saved with each checkpoint (a start without a
+    # boot). Off by default until the warm restore has passed its real-build tests (issue 17)
+    checkpoints_warm: bool = False
     checkpoints_max_bytes: int = 20 * 1024**3
 
     def pool_for(self, region: str, storage_account_type: str | None = None) -> str | None:
@@ -189,7 +192,8 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "proof": {"deploy": ("proof_deploy", "bool"), "timeout_seconds": ("proof_timeout_seconds", "seconds")},
     "retention": {"keep_versions": ("retention_keep_versions", "keep"),
                   "keep_vhds": ("retention_keep_vhds", "keep")},
-    "checkpoints": {"enabled": ("checkpoints_enabled", "bool"), "max_gib": ("checkpoints_max_bytes", "gib")},
+    "checkpoints": {"enabled": ("checkpoints_enabled", "bool"), "max_gib": ("checkpoints_max_bytes", "gib"),
+                    "warm": ("checkpoints_warm", "bool")},
     "mirrors": {},  # any URL prefix: read by _mirrors
 }
 

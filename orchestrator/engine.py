@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ from orchestrator.effects.runlog import RedactedCopy, RunLog
 from orchestrator.effects.state import StateStore
 from orchestrator.core.fingerprint import digest_of, fingerprint_parts
 from orchestrator.core.proof import ProofResult
-from orchestrator.errors import (BuildTimeout, Canceled, OrchestratorError, ProofFailed, TemplateInvalid,
+from orchestrator.errors import (BuildFailed, BuildTimeout, Canceled, OrchestratorError, ProofFailed, TemplateInvalid,
                                  ValidationFailed)
 from orchestrator.pipeline.build import BuildVm, render_build, run_build
-from orchestrator.pipeline.checkpoints import check_resume
+from orchestrator.pipeline.checkpoints import CheckpointRun, check_resume
 from orchestrator.pipeline.checkpoints import prepare as prepare_checkpoints
 from orchestrator.pipeline.checkpoints import register as register_checkpoints
 from orchestrator.pipeline.distribute_phase import distribute_all, stopped
@@ -177,29 +178,22 @@ class Engine:
             log.write("orchestrator", note)
             run.reporter.note(note)
             return BuildResult(run.id, "Succeeded", self.state.outputs(run.id), log.path, previous["id"], note)
+        accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
+                                        Path(plan.source.path), self.config.qemu_system)
         checkpointing = prepare_checkpoints(self.config, self.state, plan, parts, run.id, run.staging, log,
                                             use_stored=run.use_checkpoints and not force, resume=run.resume,
-                                            secrets=bool(template.secrets))
+                                            secrets=bool(template.secrets), accelerator=accel)
         disk = checkpointing.disk if checkpointing else run.staging.packer_output / "disk.qcow2"
         run.phase = "preparing the image store"
         prepare_store(self.config, self.state, template, plan, run.id, disk, log, run.reporter, stop,
                       self.state.wrote_artifact)  # pools, uses, checks: before boot
-        accel, why = choose_accelerator(self.config.accelerator, self.config.home / "accelerator.json",
-                                        Path(plan.source.path), self.config.qemu_system)
         log.write("orchestrator", f"accelerator: {accel} ({why})")
-        console = run.staging.root / "console.log"  # QEMU writes it; the records get it redacted
-        rendered, run.vm = render_build(checkpointing.plan if checkpointing else plan, run.staging.root, run.id,
-                                        accel, fetched.paths, self.config.vnc, console_log=console,
-                                        checkpoints=checkpointing.render if checkpointing else None)
-        run.vm.disk = disk
-        self._phase(run, "Building", f"booting the build VM ({accel})", "booting the build VM")
         try:
-            with RedactedCopy(console, run.records / "console.log", redact):
-                run_build(plan, self.config, run.staging.root, rendered, run.vm, log, deadline, stop,
-                          self._step_reporter(run, rendered), temp=run.staging.temp)
+            self._build(run, plan, fetched, accel, disk, checkpointing, deadline)
         finally:  # the checkpoints taken before a failure are what a resume starts from
             if checkpointing:
-                register_checkpoints(self.config, self.state, checkpointing, run.id, plan.name, log)
+                register_checkpoints(self.config, self.state, checkpointing, run.id, plan.name, log,
+                                     run.vm.public_key if run.vm else "")
         self._prove(run, accel)
         self._phase(run, "Distributing", "distributing", "distributing")
         done = distribute_all(lambda target: DistributeJob(
@@ -218,6 +212,46 @@ class Engine:
         state = "Succeeded" if event == "succeed" else "PartiallySucceeded"
         log.write("orchestrator", state + (f": {message}" if message else ""))
         return BuildResult(run.id, state, self.state.outputs(run.id), log.path, message=message)
+
+    def _build(self, run: "_Run", plan: BuildPlan, fetched: Any, accel: str, disk: Path,
+               checkpointing: CheckpointRun | None, deadline: float) -> None:
+        """Renders and runs the Packer build; a warm start that does not come up (QEMU refused
+        the state, or the restored VM did not answer) is run again, cold, from the same layer."""
+        assert run.staging is not None
+        while True:
+            console = run.staging.root / "console.log"  # QEMU writes it; the records get it redacted
+            rendered, run.vm = render_build(checkpointing.plan if checkpointing else plan, run.staging.root, run.id,
+                                            accel, fetched.paths, self.config.vnc, console_log=console,
+                                            checkpoints=checkpointing.render if checkpointing else None,
+                                            saved_key=checkpointing.saved_key if checkpointing else None)
+            run.vm.disk = disk
+            run.vm.keep_current_disk = checkpointing.keep_current_disk if checkpointing else None
+            mode = checkpointing.start_mode if checkpointing else "full"
+            self._phase(run, "Building", f"booting the build VM ({accel})" if mode != "warm" else
+                        "restoring the build VM from its warm checkpoint", "booting the build VM")
+            started, restored = time.monotonic(), []
+            steps = self._step_reporter(run, rendered)
+
+            def on_source(source: str) -> None:
+                if not restored:  # the first step started: the VM was up
+                    restored.append(round(time.monotonic() - started, 2))
+                    self.state.update_run(run.id, start_mode=mode, restore_seconds=restored[0])
+                    run.log.write("orchestrator", f"{mode} start: the build VM answered after {restored[0]:.1f} s")
+                steps(source)
+
+            try:
+                with RedactedCopy(console, run.records / "console.log", run.reporter.redact):
+                    run_build(plan, self.config, run.staging.root, rendered, run.vm, run.log, deadline, run.stop,
+                              on_source, temp=run.staging.temp)
+                return
+            except BuildFailed as exc:
+                if mode != "warm" or run.stop.is_set() or run.vm.last_phase not in ("boot", "resume"):
+                    raise
+                assert checkpointing is not None
+                run.log.write("orchestrator", f"the warm start did not come up ({exc.message}): a cold start from "
+                              "the same checkpoint instead")
+                checkpointing = checkpointing.cold()
+                shutil.rmtree(run.staging.packer_output, ignore_errors=True)
 
     def _finish(self, run: "_Run", outcome: tuple[str, str]) -> None:
         """Cleans up before the run is marked ended: a crash in between leaves an active run

@@ -182,7 +182,8 @@ def test_deprovisioning_script_override(tmp_path, imported_home):
 def test_failing_customizer_names_itself_and_abort_keeps_the_disk(tmp_path, imported_home):
     data = linux_template(customize=[
         {"type": "Shell", "name": "fine", "inline": ["echo fine | sudo tee /etc/fine.txt", "sync"]},
-        {"type": "Shell", "name": "breakMe", "inline": ["echo about to fail", "exit 3"]},
+        {"type": "Shell", "name": "breakMe", "inline": ["echo broke | sudo tee /etc/broke.txt", "sync",
+                                                         "echo about to fail", "exit 3"]},
         {"type": "Shell", "name": "never", "inline": ["echo never-runs"]},
     ], errorHandling={"onCustomizerError": "abort"})
     path = tmp_path / "fail.json"
@@ -198,16 +199,21 @@ def test_failing_customizer_names_itself_and_abort_keeps_the_disk(tmp_path, impo
     assert "never-runs" not in log.replace("echo never-runs", "")
     assert not list(imported_home.artifacts_dir.rglob("*.vhd"))
     assert qemu_pids(str(imported_home.home / "staging")) == []
-    kept = imported_home.home / "staging" / run["id"] / "packer-output" / "disk.qcow2"
+    # the layer the VM was writing when it failed: the overlay after the checkpoint of 'fine',
+    # moved out of the checkpoint store (whose layers below it now stay while it does)
+    kept = imported_home.home / "staging" / run["id"] / "top.qcow2"
     assert f"disk is kept at {kept}" in result.stderr
-    assert not (kept.parent.parent / "tmp").exists()  # Packer's temporaries go even so
-    key = kept.parent.parent / "id_ed25519"  # kept with the disk, and said
+    assert not (kept.parent / "tmp").exists()  # Packer's temporaries go even so
+    key = kept.parent / "id_ed25519"  # kept with the disk, and said
     assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600 and str(key) in result.stderr
     raw = tmp_path / "kept.raw"  # the kept disk holds the state the failure left
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(kept), str(raw)], check=True)
     kept_image = Ext4Image(raw)
     kept_image.replay_journal()  # the VM was killed, not shut down
     assert kept_image.read("/etc/fine.txt") == b"fine\n"
+    assert kept_image.read("/etc/broke.txt") == b"broke\n"  # what the failing step did, too
+    pruned = _run_cli("checkpoints", "prune", "--all", home=home)
+    assert pruned.returncode == 0 and "a kept build VM disk stands on it" in pruned.stdout, pruned.stdout
 
 
 def test_timeout_kills_the_build_and_leaves_no_qemu(tmp_path, imported_home):

@@ -1,11 +1,14 @@
 """Real builds with disk checkpoints (Packer + QEMU under TCG, QMP live snapshots): a run that
 fails in its third of four customizers is resumed after the fix and skips the first two; then
 a change to the last customizer only rebuilds from the checkpoint before it. The guest proves
-it: each customizer appends its name to a counter file, and the VHD holds each exactly once."""
+it: each customizer appends its name to a counter file, and the VHD holds each exactly once.
+The first customizer reboots the VM: its checkpoint is taken on the new boot (and the override
+deprovisioning script the second writes to /tmp survives the resume, as in a full build)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +35,11 @@ def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 def _steps(third: str, fourth: str) -> list[dict]:
     count = "echo {} | sudo tee -a /opt/ck/steps"
     return [
-        {"type": "Shell", "name": "one", "inline": ["sudo mkdir -p /opt/ck", count.format("one"), OVERRIDE]},
-        {"type": "Shell", "name": "two", "inline": [count.format("two")]},
+        {"type": "Shell", "name": "one", "inline": ["sudo mkdir -p /opt/ck", count.format("one"),
+                                                    # then a reboot, as a kernel update asks
+                                                    "sudo cp /proc/sys/kernel/random/boot_id /opt/ck/boot-one",
+                                                    "sudo systemctl reboot"]},
+        {"type": "Shell", "name": "two", "inline": [count.format("two"), OVERRIDE]},
         {"type": "Shell", "name": "three", "inline": [third, count.format("three")]},
         {"type": "Shell", "name": "four", "inline": [count.format(fourth)]},
     ]
@@ -50,6 +56,9 @@ def test_resume_after_a_failure_then_rebuild_from_the_last_unchanged_step(tmp_pa
     log = Path(first["log_path"]).read_text()
     assert "checkpoint after customizer 1 ('one') kept" in log and "checkpoint after customizer 2 ('two') kept" in log
     assert "checkpoint after customizer 3" not in log
+    # the checkpoint after 'one' was taken on the boot after its reboot, not on the guest going down
+    boots = re.findall(r"orchestrator-checkpoint: guest boot (\S+)", log)
+    assert len(boots) == 2 and boots[0] == boots[1], boots
 
     path.write_text(dumps(linux_template(customize=_steps("true", "four"))))  # the fix
     resumed = _cli("build", "--json", "--resume", first["id"], str(path), home=home)
@@ -63,7 +72,8 @@ def test_resume_after_a_failure_then_rebuild_from_the_last_unchanged_step(tmp_pa
     vhd = Path(second["runOutputs"][0]["properties"]["path"])
     image = Ext4Image(vhd)
     assert image.read("/opt/ck/steps") == b"one\ntwo\nthree\nfour\n"  # each step's effect exactly once
-    assert image.exists("/etc/override-ran")  # step one's override script, run at the very end
+    assert image.read("/opt/ck/boot-one").decode().strip() != boots[0]  # 'one' ran before the reboot
+    assert image.exists("/etc/override-ran")  # step two's override script, run at the very end
     assert b"packer:" not in image.read("/etc/passwd") and not image.exists("/var/lib/orchestrator")
     assert state.run(second["runId"])["started_from"].endswith(f"-{first['id']}.qcow2")
 

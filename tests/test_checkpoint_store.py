@@ -309,9 +309,10 @@ def test_checkpoints_configuration(tmp_path):
     home = tmp_path / "h"
     assert load_config(str(home)).checkpoints_max_bytes == 20 * 2**30 and load_config(str(home)).checkpoints_enabled
     file = tmp_path / "c.toml"
-    file.write_text("[checkpoints]\nmax_gib = 0.5\nenabled = false\n")
+    assert not load_config(str(home)).checkpoints_warm  # warm checkpoints: off until their real tests pass
+    file.write_text("[checkpoints]\nmax_gib = 0.5\nenabled = false\nwarm = true\n")
     config = load_config(str(home), str(file))
-    assert config.checkpoints_max_bytes == 2**29 and not config.checkpoints_enabled
+    assert config.checkpoints_max_bytes == 2**29 and not config.checkpoints_enabled and config.checkpoints_warm
     file.write_text("[checkpoints]\nmax_gib = 0\n")
     assert load_config(str(home), str(file)).checkpoints_max_bytes == 0
     file.write_text("[checkpoints]\nmax_gib = -1\n")
@@ -356,3 +357,81 @@ def test_the_cli_lists_and_prunes(setup, orchestrate, capsys):
     assert orchestrate("checkpoints", "prune", "--template", "alpha") == 0
     assert f"removed {key(1)[:12]} step 1 'step1' of alpha" in capsys.readouterr().out
     assert store.listing() == []
+
+
+# --- a killed run, a kept disk -----------------------------------------------------------------
+
+def test_recovery_registers_the_layers_a_killed_run_froze(setup):
+    from orchestrator.service.recovery import recover
+
+    store, state, base = setup
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run_id = state.start_run("t", None, lambda r: f"/nonexistent/{r}.log", pid=gone.pid, pid_start_time=1)
+    staging = store.config.home / "staging" / run_id
+    staging.mkdir(parents=True)
+    state.update_run(run_id, staging_dir=str(staging))
+    layer = qcow2(layer_path(store.config, key(1), run_id), base, fill=0x51)  # frozen by the hook
+    overlay = qcow2(Path(str(layer_path(store.config, key(2), run_id)) + ".part"), layer)  # being written
+    (staging / "checkpoints.jsonl").write_text(json.dumps(
+        {"position": 1, "key": key(1), "name": "one", "path": str(layer), "parent": None, "seconds": 0.1}) + "\n")
+    assert recover(store.config, state) == [run_id]
+    kept = store.get(layer)
+    assert kept is not None and kept.run_id == run_id and kept.step_name == "one"
+    assert "1 checkpoint(s) it took kept for a resume" in state.run(run_id)["message"]
+    assert not overlay.exists() and not staging.exists()
+    assert store.find(key(1))[0].path == kept.path  # what `--resume` of it starts from
+
+
+def test_a_kept_build_vm_disk_keeps_the_layers_it_stands_on(setup):
+    from orchestrator.pipeline.checkpoints import CheckpointRun
+
+    store, state, base = setup
+    run_id = run_of(state, "t")
+    one, = build(store, run_id, "t", [key(1)], base)
+    staging = store.config.home / "staging" / run_id
+    staging.mkdir(parents=True)
+    # the failed VM was writing the overlay after checkpoint 1, in the store, named relatively
+    overlay = Path(str(layer_path(store.config, key(2), run_id)) + ".part")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", Path(one.path).name,
+                    str(overlay), SIZE], check=True, cwd=overlay.parent)
+    journal = staging / "checkpoints.jsonl"
+    journal.write_text(json.dumps({"position": 1, "key": key(1), "name": "step1", "path": one.path,
+                                   "parent": None, "seconds": 0.1}) + "\n")
+    manifest = {"log": str(journal), "packer_disk": str(staging / "packer-output" / "disk.qcow2"),
+                "top": str(staging / "top.qcow2"), "first": 1, "last": 3,
+                "layers": {str(i): {"key": key(i), "path": str(layer_path(store.config, key(i), run_id))}
+                           for i in (1, 2, 3)}}
+    disk = CheckpointRun(None, None, manifest, 0, None).keep_current_disk()  # errorHandling abort
+    assert disk == staging / "top.qcow2" and not overlay.exists()
+    assert backing_file(disk) == one.path  # named absolutely now that it left the store's directory
+    assert store.evict(cap_bytes=0) == [] and store.get(one.path) is not None
+    assert "a kept build VM disk stands on it" in store.protected()[one.path]
+    shutil.rmtree(staging)  # the user is done with it: the layers go like any others
+    assert [r.path for r in store.evict(cap_bytes=0)] == [one.path]
+
+
+def test_a_warm_state_counts_with_its_layer_is_checked_and_goes_with_it(setup):
+    from orchestrator.core.warm import MachineConfig
+    from orchestrator.effects import warm_states
+
+    store, state, base = setup
+    run_id = run_of(state, "t")
+    path = qcow2(layer_path(store.config, key(1), run_id), base, fill=0x61)
+    saved, saved_key = Path(str(path) + ".state.zst"), Path(str(path) + ".key")
+    saved.write_bytes(os.urandom(256 * 1024))  # as the hook leaves them (it writes them owner-only)
+    saved_key.write_text("KEY\n")
+    machine = MachineConfig("QEMU 7.2", "tcg", 2, 1024, 3072)
+    row = store.register(run_id, "t", key(1), 1, "step1", path, None,
+                         ({"state": str(saved), "key": str(saved_key), "pause_seconds": 1.1}, machine, "ssh-ed25519 A"))
+    assert row.warm and row.state_bytes >= 256 * 1024 and store.total_bytes() == row.size_bytes + row.state_bytes
+    warm = store.warm_state(path)
+    assert warm_states.usable(warm, row.sha256, machine) is None
+    assert "memory (MiB) 1024, this build 2048" in warm_states.usable(
+        warm, row.sha256, MachineConfig("QEMU 7.2", "tcg", 2, 2048, 3072))
+    assert "the layer was replaced" in warm_states.usable(warm, "0" * 64, machine)
+    with open(saved, "r+b") as handle:  # a truncated state is refused before QEMU starts
+        handle.truncate(1000)
+    assert "changed since it was saved" in warm_states.usable(warm, row.sha256, machine)
+    assert [r.path for r in store.evict(cap_bytes=0)] == [row.path]
+    assert not saved.exists() and not saved_key.exists() and store.warm_state(path) is None

@@ -3,8 +3,10 @@
 each call freezes the disk's top layer under its store name and gives QEMU a new overlay."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +28,42 @@ def test_a_checkpoint_follows_each_customizer_and_packer_accepts_it(tmp_path, pa
     hook = (sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(tmp_path / "checkpoints.json"))
     _, rendered, work = _render_with(tmp_path, CheckpointPlan(hook, 0, str(tmp_path / "q.sock")))
     sources = [(b.source, b.kind) for b in rendered.provisioners]
-    assert sources[:3] == [("customizer:one", "shell"), ("checkpoint:one", "shell"), ("checkpoint:one", "shell-local")]
-    assert [s for s, _ in sources].count("checkpoint:three") == 2 and sources[-1][0] == "generalize"
+    assert sources[:4] == [("customizer:one", "shell"), ("checkpoint:one", "shell"), ("checkpoint:one", "shell"),
+                           ("checkpoint:one", "shell-local")]
+    settle, guest = rendered.provisioners[1], rendered.provisioners[2]
+    assert dict(settle.attrs)["expect_disconnect"] is True  # a rebooting guest's end is this step's success
+    assert "expect_disconnect" not in dict(guest.attrs)  # a lost connection here fails: no checkpoint of it
+    assert [s for s, _ in sources].count("checkpoint:three") == 3 and sources[-1][0] == "generalize"
     assert f'"unix:{tmp_path}/q.sock,server,nowait"' in rendered.hcl
     host = (work / "steps/03-three.checkpoint-host.sh").read_text()
     assert host.endswith(f"orchestrator.effects.checkpoint_hook {tmp_path}/checkpoints.json 3\n")
     result = subprocess.run([packer, "validate", str(work / "build.pkr.hcl")], capture_output=True, text=True,
                             env=dict(os.environ, CHECKPOINT_DISABLE="1"), cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _run_guest_script(tmp_path: Path, script: str, system_state: str, timeout: float):
+    """A checkpoint's guest script under /bin/sh, with a `systemctl` that reports `system_state`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho {system_state}\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    (tmp_path / "step.sh").write_text(script)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return subprocess.run(["/bin/sh", str(tmp_path / "step.sh")], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_a_guest_going_down_waits_for_its_reboot_and_is_never_checkpointed(tmp_path):
+    from orchestrator.core.checkpoint_steps import guest_checkpoint_script, guest_settle_script
+
+    assert _run_guest_script(tmp_path, guest_settle_script(), "running", 10).returncode == 0
+    assert _run_guest_script(tmp_path, guest_settle_script(), "degraded", 10).returncode == 0
+    with pytest.raises(subprocess.TimeoutExpired) as waited:  # it waits for the connection to drop
+        _run_guest_script(tmp_path, guest_settle_script(), "stopping", 2)
+    assert b"the guest is going down" in waited.value.stdout
+    refused = _run_guest_script(tmp_path, guest_checkpoint_script(1), "stopping", 10)
+    assert refused.returncode == 1 and "no checkpoint of a guest shutting down" in refused.stderr
 
 
 def test_a_resumed_build_skips_the_checkpointed_steps_and_starts_with_the_resume_step(tmp_path):
@@ -45,54 +75,118 @@ def test_a_resumed_build_skips_the_checkpointed_steps_and_starts_with_the_resume
     assert "ssh-ed25519 AAAAC3 test" in resume and "/var/lib/orchestrator/tmp" in resume
 
 
+def start_qemu(disk: Path, sock: Path, *extra: str) -> subprocess.Popen:
+    """A real QEMU with a virtio disk, paused before any guest code runs (unless `extra` makes
+    it wait for a state), its monitor on `sock` once this returns."""
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-S", "-display", "none",
+                             "-nodefaults", "-m", "128", "-drive", f"file={disk},if=virtio,format=qcow2",
+                             "-qmp", f"unix:{sock},server=on,wait=off", *extra], stderr=subprocess.PIPE, text=True)
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    for _ in range(200):  # the socket appears once QEMU has parsed its options
+        if sock.exists() or "-incoming" in extra:
+            if "-incoming" not in extra:  # a QEMU loading a state serves its monitor only after
+                monitor = QEMUMonitorProtocol(str(sock))
+                monitor.connect()
+                monitor.close()
+            return qemu
+        if qemu.poll() is not None:
+            return qemu  # exited: the caller asserts on it
+        try:
+            qemu.wait(timeout=0.05)  # waits on QEMU itself, returns as soon as it is up or gone
+        except subprocess.TimeoutExpired:
+            pass
+    raise AssertionError("QEMU's monitor socket never appeared")
+
+
+def qmp(sock: Path, command: str, **args):
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    monitor = QEMUMonitorProtocol(str(sock))
+    monitor.connect()
+    try:
+        return monitor.cmd(command, **args)  # QEMU's error is raised
+    finally:
+        monitor.close()
+
+
 @pytest.fixture
 def paused_qemu(tmp_path):
-    """A real QEMU with a virtio disk on an overlay of a base image, paused before any guest
-    code runs, its monitor on a socket."""
     base, disk, sock = tmp_path / "base.qcow2", tmp_path / "packer-output" / "disk.qcow2", tmp_path / "q.sock"
     disk.parent.mkdir()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(disk), "64M"],
                    check=True)
-    qemu = subprocess.Popen(["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-S", "-display", "none",
-                             "-nodefaults", "-drive", f"file={disk},if=virtio,format=qcow2",
-                             "-qmp", f"unix:{sock},server=on,wait=off"])
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-
-    monitor = None
-    for _ in range(100):  # the socket appears once QEMU has parsed its options
-        if sock.exists():
-            monitor = QEMUMonitorProtocol(str(sock))
-            monitor.connect()
-            monitor.close()
-            break
-        assert qemu.poll() is None, "QEMU exited"
-        try:
-            qemu.wait(timeout=0.05)  # waits on QEMU itself, returns as soon as it is up or gone
-        except subprocess.TimeoutExpired:
-            pass
-    assert monitor is not None, "QEMU's monitor socket never appeared"
+    qemu = start_qemu(disk, sock, "-global", "migration.store-global-state=off")
+    assert qemu.poll() is None, qemu.stderr.read()
     yield qemu, base, disk, sock
     qemu.kill()
     qemu.wait()
 
 
+def _manifest(tmp_path: Path, sock: Path, disk: Path, last: int, **extra) -> Path:
+    store = tmp_path / "checkpoints"
+    store.mkdir(exist_ok=True)
+    manifest = {"qmp_socket": str(sock), "packer_disk": str(disk), "top": str(tmp_path / "top.qcow2"),
+                "virtual_size": 64 * 1024 * 1024, "first": 1, "last": last, "started_from": None,
+                "log": str(tmp_path / "checkpoints.jsonl"),
+                "layers": {str(i): {"key": f"k{i}", "name": f"step{i}", "path": str(store / f"k{i}-run.qcow2")}
+                           for i in range(1, last + 1)}, **extra}
+    path = tmp_path / "checkpoints.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def _hook(manifest: Path, position: int) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(manifest), str(position)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_a_warm_checkpoint_saves_the_vm_state_that_a_new_qemu_continues(tmp_path, paused_qemu):
+    from orchestrator.core.warm import incoming_uri
+
+    qemu, base, disk, sock = paused_qemu
+    key = tmp_path / "id_ed25519"
+    key.write_text("PRIVATE KEY\n")
+    qmp(sock, "cont")  # a running VM: the hook stops it, freezes, saves, and lets it go on
+    done = _hook(_manifest(tmp_path, sock, disk, 1, warm=True, ssh_key=str(key)), 1)
+    assert "VM state saved (paused" in done.stdout
+    [record] = [json.loads(line) for line in (tmp_path / "checkpoints.jsonl").read_text().splitlines()]
+    state, saved_key = Path(record["warm"]["state"]), Path(record["warm"]["key"])
+    assert state.name == "k1-run.qcow2.state.zst" and stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert saved_key.read_text() == "PRIVATE KEY\n" and stat.S_IMODE(saved_key.stat().st_mode) == 0o600
+    assert qmp(sock, "query-status")["status"] == "running"  # the build goes on
+    qemu.kill()
+    qemu.wait()
+    layer = tmp_path / "checkpoints" / "k1-run.qcow2"
+
+    def restore(name: str, *extra: str) -> subprocess.Popen:
+        overlay = tmp_path / f"{name}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(layer), str(overlay)],
+                       check=True)
+        return start_qemu(overlay, tmp_path / f"{name}.sock", "-global", "migration.store-global-state=off",
+                          "-incoming", incoming_uri(str(state)), *extra)
+
+    other = restore("bigger", "-m", "256")  # another memory size: QEMU refuses the state
+    assert other.wait(timeout=60) != 0 and "mismatch" in other.stderr.read().lower()
+    # why core/warm.py binds each state to its machine: the refusal comes before QEMU starts
+    from orchestrator.core.warm import MachineConfig, machine_mismatch
+
+    saved = MachineConfig("QEMU 7.2", "tcg", 2, 128, 64)
+    assert machine_mismatch(saved, saved) is None
+    assert "memory (MiB) 128, this build 256" in machine_mismatch(saved, MachineConfig("QEMU 7.2", "tcg", 2, 256, 64))
+
+
 def test_the_hook_freezes_each_top_layer_under_its_store_name(tmp_path, paused_qemu):
     qemu, base, disk, sock = paused_qemu
     store = tmp_path / "checkpoints"
-    store.mkdir()
-    manifest = {"qmp_socket": str(sock), "packer_disk": str(disk), "top": str(tmp_path / "top.qcow2"),
-                "virtual_size": 64 * 1024 * 1024, "first": 1, "last": 2, "started_from": None,
-                "log": str(tmp_path / "checkpoints.jsonl"),
-                "layers": {"1": {"key": "k1", "name": "one", "path": str(store / "k1-run.qcow2")},
-                           "2": {"key": "k2", "name": "two", "path": str(store / "k2-run.qcow2")}}}
-    path = tmp_path / "checkpoints.json"
-    path.write_text(json.dumps(manifest))
+    path = _manifest(tmp_path, sock, disk, 2)
+    manifest = json.loads(path.read_text())
     for position in (1, 2):
-        done = subprocess.run([sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(path), str(position)],
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert f"step {position} (" in done.stdout
+        done = _hook(path, position)
+        assert f"step {position} (" in done.stdout and "VM state" not in done.stdout
     records = [json.loads(line) for line in Path(manifest["log"]).read_text().splitlines()]
     assert [(r["position"], r["parent"]) for r in records] == [(1, None), (2, str(store / "k1-run.qcow2"))]
     assert os.stat(store / "k1-run.qcow2").st_ino == os.stat(disk).st_ino  # Packer's disk, kept by a link

@@ -14,7 +14,9 @@ import shlex
 from dataclasses import dataclass
 
 SAVED_TMP = "/var/lib/orchestrator/tmp"
+MARKER = "/var/lib/orchestrator/checkpoint"  # the position of the last checkpoint: a warm restore checks it
 HOOK_MARK = "orchestrator-checkpoint:"
+REBOOT_WAIT_SECONDS = 300  # a guest that takes longer to go down fails the step, said so
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,41 @@ class CheckpointPlan:
     hook: tuple[str, ...]
     start_after: int = 0
     qmp_socket: str = ""
+    warm: bool = False  # QEMU may save its state with each checkpoint (core/warm.py)
+    incoming: str = ""  # the saved state this build restores (a warm start); "" boots
+    random_hex: str = ""  # host random bytes for the restored guest's RNG
 
 
-def guest_checkpoint_script() -> str:
+def guest_settle_script() -> str:
+    """Runs first after a customizer (with expect_disconnect): a customizer that rebooted the VM
+    returns as soon as the reboot is queued, and Packer's next command may still reach the guest
+    that is going down. Here that guest waits for its own end (the disconnect ends this step),
+    so that the checkpoint is taken on the new boot, never on a guest shutting down."""
+    return f"""#!/bin/sh
+# After a customizer, before its checkpoint: a guest that is going down (a customizer rebooted
+# it) waits here for its end; Packer reconnects to the new boot for the next step.
+state=$(systemctl is-system-running 2>/dev/null || true)
+if [ "$state" = stopping ]; then
+    echo "{HOOK_MARK} the guest is going down (boot $(cat /proc/sys/kernel/random/boot_id)): waiting for its reboot"
+    sleep {REBOOT_WAIT_SECONDS}
+    echo "{HOOK_MARK} the guest is still going down after {REBOOT_WAIT_SECONDS} s" >&2
+    exit 1
+fi
+"""
+
+
+def guest_checkpoint_script(position: int) -> str:
     return f"""#!/bin/sh
 # Runs as root after a customizer, before the host freezes the disk: keep /tmp for a resumed
 # build (the boot of a resumed build empties /tmp), then flush everything to the disk.
 set -e
+if [ "$(systemctl is-system-running 2>/dev/null || true)" = stopping ]; then
+    echo "{HOOK_MARK} the guest is going down: no checkpoint of a guest shutting down" >&2
+    exit 1
+fi
+echo "{HOOK_MARK} guest boot $(cat /proc/sys/kernel/random/boot_id)"
+mkdir -p {SAVED_TMP.rsplit("/", 1)[0]}
+echo {position} > {MARKER}
 rm -rf {SAVED_TMP}
 mkdir -p {SAVED_TMP}
 tar -C /tmp --exclude='./systemd-private-*' --warning=no-file-ignored -cf - . | tar -C {SAVED_TMP} -xpf -

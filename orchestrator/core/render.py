@@ -16,7 +16,9 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from orchestrator.core.checkpoint_steps import SAVED_TMP, CheckpointPlan, guest_checkpoint_script, host_checkpoint_script, resume_script
+from orchestrator.core.checkpoint_steps import (SAVED_TMP, CheckpointPlan, guest_checkpoint_script, guest_settle_script,
+                                                host_checkpoint_script, resume_script)
+from orchestrator.core.warm import incoming_uri, warm_resume_script
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
 from orchestrator.errors import UsageError
@@ -130,7 +132,9 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
     work = Path(ctx.work_dir)
     checkpoints = ctx.checkpoints
     if checkpoints and checkpoints.start_after:
-        files["steps/00-resume.sh"] = resume_script(BUILD_USER, ctx.ssh_public_key)
+        files["steps/00-resume.sh"] = (
+            warm_resume_script(checkpoints.start_after, checkpoints.random_hex) if checkpoints.incoming
+            else resume_script(BUILD_USER, ctx.ssh_public_key))
         script = _host_path(str(work / "steps/00-resume.sh"))
         blocks.append(ProvisionerBlock("resume", "shell", (("script", script), ("execute_command", AS_ROOT)),
                                        (script,)))
@@ -202,18 +206,23 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         plan=plan, ctx=ctx, provisioners=blocks, seed_files=seed, build_user=BUILD_USER,
         shutdown_command=f"sudo /bin/sh {FINALIZE_SCRIPT}",
         serial_log=_host_path(ctx.console_log or str(work / "serial.log")),
-        hcl_string=hcl_string,
+        hcl_string=hcl_string, incoming=incoming_uri(checkpoints.incoming) if checkpoints and checkpoints.incoming else "",
     )
     return RenderedBuild(hcl, files, tuple(blocks))
 
 
 def _checkpoint_blocks(position: int, name: str, slug: str, checkpoints: CheckpointPlan, work: Path,
                        files: dict[str, str]) -> list[ProvisionerBlock]:
-    guest, host = f"steps/{slug}.checkpoint.sh", f"steps/{slug}.checkpoint-host.sh"
-    files[guest] = guest_checkpoint_script()
+    settle, guest = f"steps/{slug}.settle.sh", f"steps/{slug}.checkpoint.sh"
+    host = f"steps/{slug}.checkpoint-host.sh"
+    files[settle] = guest_settle_script()
+    files[guest] = guest_checkpoint_script(position)
     files[host] = host_checkpoint_script(checkpoints.hook, position)
-    guest_path, host_path = _host_path(str(work / guest)), _host_path(str(work / host))
-    return [ProvisionerBlock(f"checkpoint:{name}", "shell", (("script", guest_path), ("execute_command", AS_ROOT)),
+    settle_path, guest_path = _host_path(str(work / settle)), _host_path(str(work / guest))
+    host_path = _host_path(str(work / host))
+    return [ProvisionerBlock(f"checkpoint:{name}", "shell", (
+                ("script", settle_path), ("execute_command", AS_ROOT), ("expect_disconnect", True)), (settle_path,)),
+            ProvisionerBlock(f"checkpoint:{name}", "shell", (("script", guest_path), ("execute_command", AS_ROOT)),
                              (guest_path,)),
             # the script is written owner-only and not executable: sh reads it
             ProvisionerBlock(f"checkpoint:{name}", "shell-local", (

@@ -8,6 +8,8 @@ guest kernel to announce itself on the serial console.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import queue
@@ -89,3 +91,13 @@ def choose_accelerator(setting: str, cache_file: Path, probe_image: Path,
     except OSError:
         pass
     return accel, why
+
+
+@functools.lru_cache(maxsize=4)
+def qemu_version(qemu: str = "qemu-system-x86_64") -> str:
+    """The first line of `qemu --version`: a saved VM state loads only in the QEMU that saved it."""
+    try:
+        result = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return (result.stdout.splitlines() or ["unknown"])[0].strip()

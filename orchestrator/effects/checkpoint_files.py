@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from orchestrator.config import Config, make_private_dir
+from orchestrator.core.warm import KEY_SUFFIX, STATE_SUFFIX
 
 QCOW2_MAGIC = b"QFI\xfb"
-SUFFIXES = (".qcow2", ".qcow2.part")  # a layer, and an overlay still being written
+# a layer, an overlay still being written, a layer's warm state (and one being saved) and SSH key
+SUFFIXES = (".qcow2", ".qcow2.part", ".qcow2.state.zst", ".qcow2.state.zst.part", ".qcow2.key")
+COMPANIONS = (STATE_SUFFIX, STATE_SUFFIX + ".part", KEY_SUFFIX)  # a layer's name plus these: its own files
 
 
 def layer_path(config: Config, key: str, run_id: str) -> Path:
@@ -45,6 +48,37 @@ def backing_file(path: str | Path) -> str | None:
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), name))
 
 
+def kept_disks(config: Config) -> dict[str, str]:
+    """The layers a kept build VM's disk stands on (errorHandling abort leaves the staging of the
+    failed run, with its disk: top.qcow2, or Packer's disk before the first checkpoint) -> the
+    kept disk. They stay while the disk does: removing the staging directory frees them."""
+    below: dict[str, str] = {}
+    for disk in [*config.home.glob("staging/*/top.qcow2"), *config.home.glob("staging/*/packer-output/disk.qcow2")]:
+        try:
+            backing = backing_file(disk)
+        except (OSError, ValueError):
+            continue
+        if backing is not None:
+            below.setdefault(norm(backing), str(disk))
+    return below
+
+
+def companions(layer: str) -> list[str]:
+    """The warm state (saved, or being saved) and SSH key files that belong to a layer."""
+    return [layer + suffix for suffix in COMPANIONS]
+
+
+def source_missing(bottom: str) -> str | None:
+    """Why the source image the bottom layer of a chain stands on is unusable, or None."""
+    try:
+        source = backing_file(bottom)
+    except (OSError, ValueError) as exc:
+        return f"its layer {bottom} cannot be read ({exc})"
+    if source is not None and not os.path.exists(source):
+        return f"the source image it stands on, {source}, is gone"
+    return None
+
+
 def listed(root: Path) -> list[str]:
     """The layer and overlay files in `root` (regular files only), as real paths."""
     try:
@@ -62,8 +96,9 @@ def orphans(files: Iterable[str], registered: Iterable[str], active_runs: Iterab
     runs = list(active_runs)
     keep = {norm(p) for p in registered} | {norm(r["started_from"]) for r in runs if r.get("started_from")}
     names = [f"-{r['id']}" for r in runs]
+    files = list(files)
     for path in files:
-        stem = os.path.basename(path).removesuffix(".part").removesuffix(".qcow2")
+        stem = os.path.basename(_layer_of(path)).removesuffix(".part").removesuffix(".qcow2")
         if any(stem.endswith(name) for name in names):
             keep.add(path)
     frontier = list(keep)
@@ -75,7 +110,15 @@ def orphans(files: Iterable[str], registered: Iterable[str], active_runs: Iterab
         if below is not None and norm(below) not in keep:
             keep.add(norm(below))
             frontier.append(norm(below))
-    return [path for path in files if path not in keep]
+    return [path for path in files if path not in keep and _layer_of(path) not in keep]
+
+
+def _layer_of(path: str) -> str:
+    """The layer a file belongs to: itself, or the layer whose state or key it is."""
+    for suffix in COMPANIONS:
+        if path.endswith(".qcow2" + suffix):
+            return path[: -len(suffix)]
+    return path
 
 
 def unlink(path: str) -> str | None:

@@ -8,6 +8,12 @@ while the build VM waits, its file systems flushed:
    (blockdev-add, blockdev-snapshot on the manifest's drive: `virtio0` for Linux builds,
    `ide0-hd0` for Windows ones): the layer below is now read-only.
 
+A warm checkpoint (manifest "warm") also saves the VM's memory and device state at the same
+instant: the VM is stopped before the layer is frozen, its state streamed through zstd next to
+the layer (`<layer>.state.zst`, owner-only: it is guest RAM), then it continues; the run's SSH
+key is kept with it (the restored guest knows only that key). A failed save leaves a cold
+checkpoint and says so: the build goes on.
+
 It appends what it froze to the run's checkpoint log; the engine registers those layers
 (sha256, size) when the build ends, whatever the end. Usage (generated into the HCL):
     python -m orchestrator.effects.checkpoint_hook MANIFEST POSITION
@@ -24,6 +30,7 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from orchestrator.core.checkpoint_steps import HOOK_MARK
+from orchestrator.core.warm import KEY_SUFFIX, MAX_BANDWIDTH, STATE_SUFFIX, save_uri
 
 DRIVE = "virtio0"  # Packer's build disk; node names change with every snapshot, the drive id does not
 
@@ -45,24 +52,77 @@ def take(manifest: dict, position: int) -> dict:
     backing = layer.name if overlay.parent == layer.parent else str(layer)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", backing, str(overlay),
                     str(manifest["virtual_size"])], check=True, capture_output=True, text=True, cwd=overlay.parent)
+    warm: dict = {}
     monitor = QEMUMonitorProtocol(manifest["qmp_socket"])
     monitor.connect()
     try:
-        node = f"orchestrator-ck{position}"
-        monitor.cmd("blockdev-add", driver="qcow2", **{"node-name": node},
-                    file={"driver": "file", "filename": str(overlay)}, backing=None)
+        if manifest.get("warm"):
+            _call(monitor, "migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
+            _call(monitor, "stop")  # the layer and the state describe one instant
+            paused = time.monotonic()
         try:
-            monitor.cmd("blockdev-snapshot", node=manifest.get("drive", DRIVE), overlay=node)
-        except Exception:
-            monitor.cmd("blockdev-del", **{"node-name": node})  # else a second try says "Duplicate node"
-            raise
+            _freeze(monitor, manifest, position, overlay)
+            if manifest.get("warm"):
+                warm = _save_state(monitor, manifest, layer)
+        finally:
+            if manifest.get("warm"):
+                _call(monitor, "cont")
+                warm["pause_seconds"] = round(time.monotonic() - paused, 3)
     finally:
         monitor.close()
     record = {"position": position, "key": layers[position]["key"], "name": layers[position]["name"],
               "path": str(layer), "parent": parent, "seconds": round(time.monotonic() - started, 3)}
+    if warm.get("state"):
+        record["warm"] = warm
     with open(manifest["log"], "a", encoding="utf-8") as log:
         log.write(json.dumps(record) + "\n")
     return record
+
+
+def _call(monitor: QEMUMonitorProtocol, command: str, **args: object) -> dict:
+    """The command's return value; QEMU's error is raised (qemu.qmp's ExecuteError)."""
+    reply = monitor.cmd(command, **args)
+    return reply if isinstance(reply, dict) else {}
+
+
+def _freeze(monitor: QEMUMonitorProtocol, manifest: dict, position: int, overlay: Path) -> None:
+    node = f"orchestrator-ck{position}"
+    _call(monitor, "blockdev-add", driver="qcow2", **{"node-name": node},
+          file={"driver": "file", "filename": str(overlay)}, backing=None)
+    try:
+        _call(monitor, "blockdev-snapshot", node=manifest.get("drive", DRIVE), overlay=node)
+    except Exception:
+        monitor.cmd("blockdev-del", **{"node-name": node})  # else a second try says "Duplicate node"
+        raise
+
+
+def _save_state(monitor: QEMUMonitorProtocol, manifest: dict, layer: Path) -> dict:
+    """The stopped VM's state next to the frozen layer; {} with a line on stderr if it fails
+    (the checkpoint stays, cold)."""
+    state, key = Path(str(layer) + STATE_SUFFIX), Path(str(layer) + KEY_SUFFIX)
+    part = Path(str(state) + ".part")
+    started = time.monotonic()
+    try:
+        _call(monitor, "migrate", uri=save_uri(str(part)))
+        while True:  # QEMU streams in its own thread; query-migrate reports the end
+            status = _call(monitor, "query-migrate")
+            if status.get("status") == "completed":
+                break
+            if status.get("status") in ("failed", "cancelled"):
+                raise RuntimeError(f"saving the VM state {status.get('status')}: {status.get('error-desc', '')}")
+            time.sleep(0.05)  # polling QEMU's own progress report: there is no event to wait on here
+        os.chmod(part, 0o600)
+        os.replace(part, state)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(Path(manifest["ssh_key"]).read_bytes())
+    except Exception as exc:
+        part.unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
+        print(f"{HOOK_MARK} the VM state was not saved ({type(exc).__name__}: {exc}): this checkpoint is cold",
+              file=sys.stderr)
+        return {}
+    return {"state": str(state), "key": str(key), "save_seconds": round(time.monotonic() - started, 3)}
 
 
 def main(argv: list[str]) -> int:
@@ -74,7 +134,9 @@ def main(argv: list[str]) -> int:
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
         print(f"{HOOK_MARK} failed after step {position}: {type(exc).__name__}: {detail}", file=sys.stderr)
         return 1
-    print(f"{HOOK_MARK} step {position} ({record['name']}) frozen in {record['seconds']:.2f} s as {record['path']}")
+    warm = record.get("warm")
+    extra = f", VM state saved (paused {warm['pause_seconds']:.2f} s)" if warm else ""
+    print(f"{HOOK_MARK} step {position} ({record['name']}) frozen in {record['seconds']:.2f} s as {record['path']}{extra}")
     return 0
 
 

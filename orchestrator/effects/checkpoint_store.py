@@ -16,6 +16,7 @@ transaction that eviction's own excludes, so a checkpoint cannot be evicted betw
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat as stat_mode
@@ -26,7 +27,9 @@ from typing import Any, Iterable
 
 from orchestrator.config import Config
 from orchestrator.core import checkpoints as pick
+from orchestrator.core.warm import MachineConfig, WarmState
 from orchestrator.effects import checkpoint_files as files
+from orchestrator.effects import warm_states
 from orchestrator.effects.checkpoint_files import backing_file, layer_path, norm, stat_key
 from orchestrator.effects.files import sha256_file
 from orchestrator.effects.state import StateStore
@@ -50,9 +53,15 @@ class Checkpoint:
     created_at: float
     last_used_at: float
     stat: tuple[int, int, int] = (0, 0, 0)  # (size, mtime_ns, inode) when registered or last verified
+    state_bytes: int = 0  # its warm state (VM memory), if one was saved: counted and removed with it
+
+    @property
+    def warm(self) -> bool:
+        return self.state_bytes > 0
 
     def layer(self) -> pick.Layer:
-        return pick.Layer(self.path, self.parent, self.size_bytes, self.last_used_at, self.created_at)
+        return pick.Layer(self.path, self.parent, self.size_bytes + self.state_bytes, self.last_used_at,
+                          self.created_at)
 
     def describe(self) -> str:
         return (f"checkpoint {self.key[:12]} (step {self.step_index} {self.step_name!r} of {self.template_name}, "
@@ -97,7 +106,13 @@ class CheckpointStore:
 
     # --- reading -------------------------------------------------------------------------
     def _rows(self, db: Any, where: str = "", args: tuple[Any, ...] = ()) -> list[Checkpoint]:
-        return [_checkpoint(r) for r in db.execute(f"SELECT {_COLUMNS} FROM checkpoints {where}", args)]
+        states = dict(db.execute("SELECT layer_path, size_bytes FROM warm_states").fetchall())
+        return [dataclasses.replace(row, state_bytes=states.get(row.path, 0))
+                for row in map(_checkpoint, db.execute(f"SELECT {_COLUMNS} FROM checkpoints {where}", args))]
+
+    def warm_state(self, path: str | Path) -> WarmState | None:
+        with self.state._connect() as db:
+            return warm_states.get(db, norm(path))
 
     def get(self, path: str | Path) -> Checkpoint | None:
         with self.state._connect() as db:
@@ -130,7 +145,8 @@ class CheckpointStore:
 
     def total_bytes(self) -> int:
         with self.state._connect() as db:
-            return int(db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM checkpoints").fetchone()[0])
+            return sum(int(db.execute(f"SELECT COALESCE(SUM(size_bytes), 0) FROM {table}").fetchone()[0])
+                       for table in ("checkpoints", "warm_states"))
 
     def protected(self) -> dict[str, str]:
         """Path -> why it must stay: what active runs started from or made, and what is below."""
@@ -148,6 +164,8 @@ class CheckpointStore:
         for row in rows:
             if row.run_id in active:
                 reasons.setdefault(row.path, f"made by active run {row.run_id}")
+        for path, disk in files.kept_disks(self.config).items():
+            reasons.setdefault(path, f"a kept build VM disk stands on it ({disk}; remove its staging when done)")
         parents = {r.path: r.parent for r in rows}
         for path, why in list(reasons.items()):
             below, seen = parents.get(path), {path}
@@ -159,10 +177,12 @@ class CheckpointStore:
 
     # --- registering and using -----------------------------------------------------------
     def register(self, run_id: str, template_name: str, key: str, step_index: int, step_name: str,
-                 path: str | Path, parent: str | Path | None) -> Checkpoint:
+                 path: str | Path, parent: str | Path | None,
+                 warm: tuple[dict[str, Any], MachineConfig, str] | None = None) -> Checkpoint:
         """Records a frozen layer (QEMU no longer writes it): its sha256 and allocated size, one
         row. The same layer registered again returns its row; another layer at a registered
-        path is refused (a layer is never replaced). The file becomes read-only (0400)."""
+        path is refused (a layer is never replaced). The file becomes read-only (0400).
+        `warm`: the state the hook saved with it (its record, the machine, the public key)."""
         path, parent = norm(path), (norm(parent) if parent else None)
         wanted = (key, run_id, parent, step_index)
 
@@ -215,6 +235,9 @@ class CheckpointStore:
             db.execute(f"INSERT INTO checkpoints ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (
                 row.path, row.key, row.parent, row.run_id, row.template_name, row.step_index, row.step_name,
                 row.sha256, row.size_bytes, json.dumps(list(row.stat)), row.created_at, row.last_used_at))
+            if warm is not None:
+                saved = warm_states.record(db, row.path, row.sha256, *warm)
+                row = dataclasses.replace(row, state_bytes=saved.size_bytes)
         return row
 
     def find(self, key: str) -> tuple[Checkpoint | None, list[str]]:
@@ -239,7 +262,7 @@ class CheckpointStore:
                 layer, why, drop = broken
                 reasons.append(self._drop(layer, why, candidate) if drop else f"{candidate.describe()} not used: {why}")
                 continue
-            source = self._source_missing(chain[0])
+            source = files.source_missing(chain[0].path)
             if source:
                 reasons.append(f"{candidate.describe()} not used: {source}")
                 continue
@@ -277,22 +300,13 @@ class CheckpointStore:
             db.execute("UPDATE checkpoints SET stat = ? WHERE path = ?", (json.dumps(list(stat_key(info))), layer.path))
         return None
 
-    def _source_missing(self, bottom: Checkpoint) -> str | None:
-        try:
-            source = backing_file(bottom.path)
-        except (OSError, ValueError) as exc:
-            return f"its layer {bottom.path} cannot be read ({exc})"
-        if source is not None and not os.path.exists(source):
-            return f"the source image it stands on, {source}, is gone"
-        return None
-
     def _drop(self, layer: Checkpoint, why: str, candidate: Checkpoint) -> str:
         """Removes a broken layer's row and the rows above it; their files unless protected."""
         with self.state.immediate() as db:
             rows = self._rows(db)
             gone = [layer.path, *pick.descendants([r.layer() for r in rows], layer.path)]
             guarded = self._protected(db, rows)
-            db.executemany("DELETE FROM checkpoints WHERE path = ?", [(p,) for p in gone])
+            _delete(db, gone)
         self._unlink([p for p in gone if p not in guarded])
         above = f" and {len(gone) - 1} layer(s) above it" if len(gone) > 1 else ""
         return f"{candidate.describe()} not used: {why}; dropped {layer.describe()}{above}"
@@ -334,7 +348,7 @@ class CheckpointStore:
             guarded = {**self._protected(db, rows), **{norm(p): "protected by the caller" for p in protect}}
             chosen = pick.select_evictions([r.layer() for r in rows], guarded, cap)
             by_path = {r.path: r for r in rows}
-            db.executemany("DELETE FROM checkpoints WHERE path = ?", [(p,) for p in chosen.remove])
+            _delete(db, list(chosen.remove))
         why = f"least recently used, over the cap of {cap / 2**30:g} GiB"
         removed = self._unlink(chosen.remove, why, by_path)
         return removed + self.sweep()
@@ -355,7 +369,7 @@ class CheckpointStore:
                       and (horizon is None or r.last_used_at < horizon)]
             decisions = pick.select_prune([r.layer() for r in rows], guarded, chosen, guarded)
             remove = [d.path for d in decisions if d.remove]
-            db.executemany("DELETE FROM checkpoints WHERE path = ?", [(p,) for p in remove])
+            _delete(db, remove)
         by_path = {r.path: r for r in rows}
         removed = self._unlink(remove, "pruned", by_path)
         kept = tuple(Kept(by_path[d.path], d.reason) for d in decisions if not d.remove)
@@ -372,7 +386,19 @@ class CheckpointStore:
             registered = [r[0] for r in db.execute("SELECT path FROM checkpoints")]
             runs = [dict(r) for r in db.execute("SELECT id, started_from FROM runs WHERE run_state IN (?, ?)",
                                                 ACTIVE)]
-        return self._unlink(files.orphans(listed, registered, runs), "not registered, and no active run uses it")
+        kept = list(files.kept_disks(self.config))
+        return self._unlink(files.orphans(listed, registered + kept, runs), "not registered, and no active run uses it")
 
     def _unlink(self, paths: Iterable[str], why: str = "", rows: dict[str, Checkpoint] | None = None) -> list[Removed]:
-        return [Removed(path, why, (rows or {}).get(path), files.unlink(path)) for path in paths]
+        removed = []
+        for path in paths:
+            error = files.unlink(path)
+            for companion in files.companions(path):  # its state and key go with it
+                error = error or files.unlink(companion)
+            removed.append(Removed(path, why, (rows or {}).get(path), error))
+        return removed
+
+
+def _delete(db: Any, paths: list[str]) -> None:
+    db.executemany("DELETE FROM checkpoints WHERE path = ?", [(p,) for p in paths])
+    warm_states.delete(db, paths)

@@ -83,6 +83,12 @@ def convert(src: Path, dst: Path, out_format: str, what: str, options: str | Non
         tmp.unlink(missing_ok=True)
 
 
+def rebase_unsafe(path: Path, backing: Path | str, backing_format: str = "qcow2") -> None:
+    """Names another path for the same backing image (the data is not touched): an overlay
+    moved away from its backing file's directory keeps its relative name otherwise."""
+    run(["qemu-img", "rebase", "-u", "-F", backing_format, "-b", str(backing), str(path)], f"rebasing {path}")
+
+
 def export_fixed_vhd(src: Path, dst: Path) -> int:
     """Writes a fixed VHD and returns its virtual size (a whole number of MiB)."""
     size = info(src).virtual_size

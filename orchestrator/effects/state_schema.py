@@ -117,7 +117,25 @@ CREATE INDEX IF NOT EXISTS checkpoints_by_key ON checkpoints(key)
 """
 _V5_COLUMNS = (("runs", "started_from", "TEXT"),)
 
-SCHEMA_VERSION = 5
+# v6: warm checkpoints: the VM state saved with a checkpoint's layer, bound to the layer's
+# sha256 and the machine it was saved from; how each run started (full, cold, warm)
+_V6 = """
+CREATE TABLE IF NOT EXISTS warm_states (
+    layer_path TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    layer_sha256 TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    key_path TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    pause_seconds REAL NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+_V6_COLUMNS = (("runs", "start_mode", "TEXT"), ("runs", "restore_seconds", "REAL"))
+
+SCHEMA_VERSION = 6
 
 
 def _add_columns(db: sqlite3.Connection, columns: tuple[tuple[str, str, str], ...]) -> None:
@@ -158,7 +176,12 @@ def _to_v5(db: sqlite3.Connection) -> None:
     _add_columns(db, _V5_COLUMNS)
 
 
-_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3), (4, _to_v4), (5, _to_v5))
+def _to_v6(db: sqlite3.Connection) -> None:
+    _script(db, _V6)
+    _add_columns(db, _V6_COLUMNS)
+
+
+_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3), (4, _to_v4), (5, _to_v5), (6, _to_v6))
 
 
 def migrate(db: sqlite3.Connection, path: object) -> None:

@@ -39,6 +39,9 @@ class BuildVm:
     public_key: str = ""
     machine_id: str = ""  # the build VM's, as generalize saw it (the deploy proof wants another)
     kept: bool = False
+    last_phase: str = "boot"  # where Packer was when it ended (a warm start that fails in boot resumes cold)
+    # with checkpoints: errorHandling abort keeps the layer the VM was writing (pipeline/checkpoints)
+    keep_current_disk: Callable[[], Path] | None = None
     # continueDistributeOnFailure: the validations that failed (name, exit status); the build
     # went on to generalize, and the run ends Failed after distributing
     validation_failures: list[tuple[str, int]] = field(default_factory=list)
@@ -51,9 +54,16 @@ class BuildVm:
 
 
 def render_build(plan: BuildPlan, work: Path, run_id: str, accelerator: str, downloads: dict[str, str],
-                 vnc: bool, console_log: Path | None = None,
-                 checkpoints: CheckpointPlan | None = None) -> tuple[RenderedBuild, BuildVm]:
-    key_path, public_key = make_key_pair(work / KEY_NAME, f"orchestrator-{run_id}")
+                 vnc: bool, console_log: Path | None = None, checkpoints: CheckpointPlan | None = None,
+                 saved_key: tuple[Path, str] | None = None) -> tuple[RenderedBuild, BuildVm]:
+    """`saved_key`: a warm start's key (the restored guest knows only the one saved with its
+    state), copied into the staging; else a new key pair for this run."""
+    if saved_key is not None:
+        key_path, public_key = work / KEY_NAME, saved_key[1]
+        key_path.unlink(missing_ok=True)
+        write_atomic(key_path, saved_key[0].read_text(), mode=0o600)
+    else:
+        key_path, public_key = make_key_pair(work / KEY_NAME, f"orchestrator-{run_id}")
     ctx = RenderContext(work_dir=str(work), output_dir=str(work / "packer-output"),
                         ssh_private_key=str(key_path), ssh_public_key=public_key, accelerator=accelerator,
                         downloads=downloads, vnc=vnc, console_log=str(console_log) if console_log else None,
@@ -84,6 +94,7 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
                         vm_marker=str(work), on_source=on_source, on_line=on_line,
                         keep_on_error="abort" in (plan.on_customizer_error, plan.on_validation_error),
                         temp_dir=temp)
+    vm.last_phase = result.last_phase
     if result.timed_out:
         raise BuildTimeout(
             f"the build timed out after buildTimeoutInMinutes ({plan.timeout_minutes} min) "
@@ -98,6 +109,8 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
             hint = f"see the [{result.last_phase}] lines in {log.path}"
             policy, setting = ((plan.on_validation_error, "onValidationError") if validation
                                else (plan.on_customizer_error, "onCustomizerError"))
+            if policy == "abort" and vm.keep_current_disk is not None:
+                vm.disk = vm.keep_current_disk()
             if policy == "abort" and not vm.disk.is_file():
                 vm.disk = work / "packer-output" / "disk.qcow2"  # failed before its first checkpoint
             if policy == "abort" and vm.disk.is_file():

@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import secrets as secrets_module
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.config import Config
 from orchestrator.core.checkpoint_steps import CheckpointPlan
 from orchestrator.core.fingerprint import step_keys
 from orchestrator.core.plan import BuildPlan, ResolvedSource
 from orchestrator.core.render_windows import CHECKPOINT_DRIVE
+from orchestrator.core.warm import MachineConfig, WarmState
+from orchestrator.effects import warm_states
+from orchestrator.effects.accel import qemu_version
+from orchestrator.effects.checkpoint_files import companions
 from orchestrator.effects.checkpoint_store import CheckpointStore
 from orchestrator.effects.files import write_atomic
+from orchestrator.effects.qemu_img import rebase_unsafe
 from orchestrator.effects.runlog import RunLog
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.pipeline.build import KEY_NAME
 from orchestrator.pipeline.staging import Staging
 
 MIB = 1024 * 1024
@@ -33,6 +41,21 @@ class CheckpointRun:
     manifest: dict[str, Any]
     start_after: int
     started_from: str | None
+    machine: MachineConfig | None = None  # what a state saved by this build is bound to
+    warm_from: WarmState | None = None  # the state a warm start restores
+
+    @property
+    def start_mode(self) -> str:
+        return "warm" if self.warm_from else ("cold" if self.started_from else "full")
+
+    @property
+    def saved_key(self) -> tuple[Path, str] | None:
+        return (Path(self.warm_from.key_path), self.warm_from.public_key) if self.warm_from else None
+
+    def cold(self) -> "CheckpointRun":
+        """The same start from the same layer, booted: when a warm start did not come up."""
+        return dataclasses.replace(self, render=dataclasses.replace(self.render, incoming="", random_hex=""),
+                                   warm_from=None)
 
     @property
     def disk(self) -> Path:
@@ -40,6 +63,28 @@ class CheckpointRun:
         holds only the state at the first one)."""
         return Path(self.manifest["top"] if self.manifest["first"] <= self.manifest["last"]
                     else self.manifest["packer_disk"])
+
+    def keep_current_disk(self) -> Path:
+        """errorHandling abort: the layer the failed VM was writing (Packer's disk before the
+        first checkpoint; else the overlay after the last one the journal names), out of the
+        store's reach: an overlay in the store is renamed into the staging as top.qcow2, its
+        backing named absolutely. The layers below stay while it exists (kept_disks)."""
+        frozen = [json.loads(line)["position"] for line in _journal_lines(Path(self.manifest["log"]))]
+        if not frozen:
+            return Path(self.manifest["packer_disk"])
+        position, top = max(frozen), Path(self.manifest["top"])
+        if position >= self.manifest["last"]:
+            return top
+        overlay = Path(self.manifest["layers"][str(position + 1)]["path"] + ".part")
+        below = self.manifest["layers"][str(position)]["path"]
+        if overlay.exists():
+            rebase_unsafe(overlay, below)
+            os.replace(overlay, top)
+        return top
+
+
+def _journal_lines(journal: Path) -> list[str]:
+    return journal.read_text().splitlines() if journal.exists() else []
 
 
 def check_resume(state: Any, run_id: str, template_name: str, template_sha256: str | None) -> list[str]:
@@ -63,8 +108,14 @@ def check_resume(state: Any, run_id: str, template_name: str, template_sha256: s
     return notes
 
 
+def machine_for(config: Config, plan: BuildPlan, accelerator: str) -> MachineConfig:
+    return MachineConfig(qemu_version(config.qemu_system), accelerator, plan.cpus, plan.memory_mib,
+                         plan.disk_size_mib)
+
+
 def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], run_id: str, staging: Staging,
-            log: RunLog, use_stored: bool, resume: str | None = None, secrets: bool = False) -> CheckpointRun | None:
+            log: RunLog, use_stored: bool, resume: str | None = None, secrets: bool = False,
+            accelerator: str = "tcg") -> CheckpointRun | None:
     """`secrets`: the template has secure parameters or signed URLs. A checkpoint is the build
     VM's disk at that step, with whatever the guest held (step scripts that carry the secret
     among it), kept after the run: such a run takes none, and says so."""
@@ -102,9 +153,13 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
             description=f"checkpoint after customizer {start_after} of run {start.run_id} ({plan.source.description})",
             path=start.path, format="qcow2", virtual_size=plan.disk_size_mib * MIB, sha256=start.sha256,
             resolved_version=plan.source.resolved_version, os_type=plan.source.os_type))
+    machine = machine_for(config, plan, accelerator) if config.checkpoints_warm else None
+    warm_from = _warm_start(store, start, machine, log) if start is not None and machine is not None else None
     store_dir = config.checkpoints_dir
     store_dir.mkdir(mode=0o700, exist_ok=True)
     manifest = {
+        "warm": machine is not None,  # save the VM's state with each checkpoint
+        "ssh_key": str(staging.root / KEY_NAME),
         "qmp_socket": str(staging.temp / "qmp.sock"),
         "drive": CHECKPOINT_DRIVE if plan.os_type == "Windows" else "virtio0",  # the disk QMP freezes
         "packer_disk": str(staging.packer_output / "disk.qcow2"),
@@ -120,25 +175,59 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
     path = staging.root / "checkpoints.json"
     write_atomic(path, json.dumps(manifest, indent=2))
     hook = (sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(path))
-    return CheckpointRun(CheckpointPlan(hook, start_after, manifest["qmp_socket"]), render_plan, manifest,
-                         start_after, start.path if start else None)
+    render = CheckpointPlan(hook, start_after, manifest["qmp_socket"], warm=machine is not None,
+                            incoming=warm_from.path if warm_from else "",
+                            random_hex=secrets_module.token_hex(64) if warm_from else "")
+    return CheckpointRun(render, render_plan, manifest, start_after, start.path if start else None, machine, warm_from)
 
 
-def register(config: Config, state: Any, run: CheckpointRun, run_id: str, template_name: str, log: RunLog) -> None:
+def _warm_start(store: CheckpointStore, start: Any, machine: MachineConfig, log: RunLog) -> WarmState | None:
+    """The state saved with the checkpoint a build starts on, if it may be restored: checked
+    here, before QEMU starts; else the line says why and the build boots the layer (cold)."""
+    state = store.warm_state(start.path)
+    if state is None:
+        log.write("orchestrator", "the checkpoint has no VM state saved with it: a cold start (the VM boots)")
+        return None
+    why = warm_states.usable(state, start.sha256, machine)
+    if why:
+        log.write("orchestrator", f"the checkpoint's VM state is not used: {why}; a cold start from its disk layer "
+                  "instead")
+        return None
+    log.write("orchestrator", f"a warm start: the VM saved with the checkpoint continues ({state.path}, "
+              f"{state.size_bytes / MIB:.0f} MiB)")
+    return state
+
+
+def register(config: Config, state: Any, run: CheckpointRun, run_id: str, template_name: str, log: RunLog,
+             public_key: str = "") -> None:
     """The layers this build froze, into the store (hashed now that QEMU is gone), then the
     store is kept under its cap. Never fails the run: a checkpoint is a saving, not a result."""
+    register_journal(config, state, Path(run.manifest["log"]), run_id, template_name,
+                     lambda line: log.write("orchestrator", line), run.machine, public_key)
+
+
+def register_journal(config: Config, state: Any, journal: Path, run_id: str, template_name: str,
+                     say: Callable[[str], None], machine: MachineConfig | None = None,
+                     public_key: str = "") -> None:
+    """The layers a run's journal (checkpoints.jsonl in its staging) names: the hook appends a
+    line only once QEMU writes above the layer, so each is frozen. Also what recovery does for a
+    run killed before it could register them, once its QEMU is gone."""
     store = CheckpointStore(config, state)
-    journal = Path(run.manifest["log"])
     try:
-        records = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
+        records = [json.loads(line) for line in _journal_lines(journal)]
         for record in records:
+            warm = (record["warm"], machine, public_key) if record.get("warm") and machine and public_key else None
+            if record.get("warm") and warm is None:  # a killed run: its machine is not known here
+                for companion in companions(record["path"]):
+                    Path(companion).unlink(missing_ok=True)
             store.register(run_id, template_name, record["key"], record["position"], record["name"], record["path"],
-                           record["parent"])
-            log.write("orchestrator", f"checkpoint after customizer {record['position']} ({record['name']!r}) kept: "
-                      f"{record['path']} (frozen in {record['seconds']:.2f} s)")
+                           record["parent"], warm)
+            saved = (f", VM state saved (paused {record['warm']['pause_seconds']:.2f} s)" if warm else "")
+            say(f"checkpoint after customizer {record['position']} ({record['name']!r}) kept: "
+                f"{record['path']} (frozen in {record['seconds']:.2f} s{saved})")
         for removed in store.evict():
-            log.write("orchestrator", f"checkpoint removed: {removed.path} ({removed.reason})")
-    except (OSError, OrchestratorError, ValueError) as exc:
-        log.write("orchestrator", f"checkpoints not registered: {exc}")
+            say(f"checkpoint removed: {removed.path} ({removed.reason})")
+    except (OSError, OrchestratorError, ValueError, KeyError) as exc:
+        say(f"checkpoints not registered: {exc}")
     for leftover in config.checkpoints_dir.glob(f"*-{run_id}.qcow2.part"):
         leftover.unlink(missing_ok=True)  # an overlay made for a step that never finished

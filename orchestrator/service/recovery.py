@@ -47,9 +47,11 @@ def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: N
             continue  # another process recovered it first, or it ended meanwhile
         killed = kill_run_processes(run["id"])
         proof_vms = _stop_proof_vm(config, run)  # libvirtd's child, not the run's: by its name
+        kept = _register_checkpoints(config, state, run)  # its QEMU is gone: what it froze stays
         removed = _remove_leftovers(config, run)
         extra = [f"{killed} orphaned process(es) stopped"] if killed else []
         extra += [f"deploy proof VM {', '.join(proof_vms)} stopped"] if proof_vms else []
+        extra += [f"{kept} checkpoint(s) it took kept for a resume"] if kept else []
         extra += [f"removed {', '.join(removed)}"] if removed else []
         if extra:
             message += "; " + "; ".join(extra)
@@ -75,6 +77,22 @@ def _stop_proof_vm(config: Config, run: dict[str, Any]) -> list[str]:
         return destroy_proof_domains(config.libvirt_uri, [DOMAIN_PREFIX + run["id"]])
     except OrchestratorError:  # no libvirt-python: no proof VM can have been started either
         return []
+
+
+def _register_checkpoints(config: Config, state: Any, run: dict[str, Any]) -> int:
+    """The checkpoints a killed run froze (its staging's journal), so that `--resume` of it
+    starts where it was, as after any other failure."""
+    if not run.get("staging_dir"):
+        return 0
+    journal = Path(run["staging_dir"]) / "checkpoints.jsonl"
+    if not journal.exists():
+        return 0
+    from orchestrator.pipeline.checkpoints import register_journal
+
+    lines: list[str] = []
+    register_journal(config, state, journal, run["id"], run["template_name"], lines.append)
+    _note(run, "; ".join(lines))
+    return sum(1 for line in lines if " kept: " in line)
 
 
 def _remove_leftovers(config: Config, run: dict[str, Any]) -> list[str]:
