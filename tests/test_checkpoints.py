@@ -3,7 +3,6 @@
 each call freezes the disk's top layer under its store name and gives QEMU a new overlay."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat

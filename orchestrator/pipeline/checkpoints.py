@@ -32,6 +32,7 @@ from orchestrator.pipeline.build import KEY_NAME
 from orchestrator.pipeline.staging import Staging
 
 MIB = 1024 * 1024
+JOURNAL = "checkpoints.jsonl"  # in the run's staging: the hook appends each layer it froze
 
 
 @dataclass
@@ -167,7 +168,7 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
         "virtual_size": plan.disk_size_mib * MIB,
         "first": start_after + 1, "last": len(customizers),
         "started_from": start.path if start else None,
-        "log": str(staging.root / "checkpoints.jsonl"),
+        "log": str(staging.root / JOURNAL),
         "layers": {str(i): {"key": keys[i - 1], "name": customizers[i - 1].name,
                             "path": str(store_dir / f"{keys[i - 1]}-{run_id}.qcow2")}
                    for i in range(start_after + 1, len(customizers) + 1)},
@@ -208,11 +209,12 @@ def register(config: Config, state: Any, run: CheckpointRun, run_id: str, templa
 
 def register_journal(config: Config, state: Any, journal: Path, run_id: str, template_name: str,
                      say: Callable[[str], None], machine: MachineConfig | None = None,
-                     public_key: str = "") -> None:
+                     public_key: str = "") -> int:
     """The layers a run's journal (checkpoints.jsonl in its staging) names: the hook appends a
     line only once QEMU writes above the layer, so each is frozen. Also what recovery does for a
-    run killed before it could register them, once its QEMU is gone."""
+    run killed before it could register them, once its QEMU is gone. Returns how many."""
     store = CheckpointStore(config, state)
+    kept = 0
     try:
         records = [json.loads(line) for line in _journal_lines(journal)]
         for record in records:
@@ -222,6 +224,7 @@ def register_journal(config: Config, state: Any, journal: Path, run_id: str, tem
                     Path(companion).unlink(missing_ok=True)
             store.register(run_id, template_name, record["key"], record["position"], record["name"], record["path"],
                            record["parent"], warm)
+            kept += 1
             saved = (f", VM state saved (paused {record['warm']['pause_seconds']:.2f} s)" if warm else "")
             say(f"checkpoint after customizer {record['position']} ({record['name']!r}) kept: "
                 f"{record['path']} (frozen in {record['seconds']:.2f} s{saved})")
@@ -231,3 +234,4 @@ def register_journal(config: Config, state: Any, journal: Path, run_id: str, tem
         say(f"checkpoints not registered: {exc}")
     for leftover in config.checkpoints_dir.glob(f"*-{run_id}.qcow2.part"):
         leftover.unlink(missing_ok=True)  # an overlay made for a step that never finished
+    return kept

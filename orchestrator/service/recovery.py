@@ -84,15 +84,15 @@ def _register_checkpoints(config: Config, state: Any, run: dict[str, Any]) -> in
     starts where it was, as after any other failure."""
     if not run.get("staging_dir"):
         return 0
-    journal = Path(run["staging_dir"]) / "checkpoints.jsonl"
+    from orchestrator.pipeline.checkpoints import JOURNAL, register_journal
+
+    journal = Path(run["staging_dir"]) / JOURNAL
     if not journal.exists():
         return 0
-    from orchestrator.pipeline.checkpoints import register_journal
-
     lines: list[str] = []
-    register_journal(config, state, journal, run["id"], run["template_name"], lines.append)
+    kept = register_journal(config, state, journal, run["id"], run["template_name"], lines.append)
     _note(run, "; ".join(lines))
-    return sum(1 for line in lines if " kept: " in line)
+    return kept
 
 
 def _remove_leftovers(config: Config, run: dict[str, Any]) -> list[str]:
