@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # setup-host.sh - make this Debian 12 machine a build host, idempotently (fast when done):
-#   1. Debian packages: Packer 1.6.6, QEMU, qemu-img, xorriso (cloud-init seed ISO),
+#   1. Debian packages: Packer 1.6.6, QEMU, qemu-img, zstd (warm checkpoints), xorriso (cloud-init seed ISO),
 #      debootstrap + extlinux (base image), fdisk/e2fsprogs (tests read the built VHD).
 #   2. The orchestrator package in a virtualenv at .venv, `orchestrate` on PATH.
 #   3. A Debian 12 base image imported as PlatformImage Debian:debian-12:12, built with
@@ -18,7 +18,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages and builds a disk image with loop devices)"
 
 packages=(packer qemu-system-x86 qemu-utils xorriso debootstrap fdisk extlinux syslinux-common
-          e2fsprogs dosfstools python3 python3-venv ca-certificates
+          e2fsprogs dosfstools python3 python3-venv ca-certificates zstd
           libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc python3-dev)
 missing=()
 for pkg in "${packages[@]}"; do
