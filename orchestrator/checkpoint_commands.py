@@ -68,7 +68,8 @@ def shown(cp: Any, in_use: str | None = None) -> dict[str, Any]:
     """A checkpoint as `--json` prints it."""
     return {"key": cp.key, "template": cp.template_name, "stepIndex": cp.step_index, "stepName": cp.step_name,
             "runId": cp.run_id, "path": cp.path, "parent": cp.parent, "sizeBytes": cp.size_bytes,
-            "sha256": cp.sha256, "createdTime": _stamp(cp.created_at), "lastUsedTime": _stamp(cp.last_used_at),
+            "sha256": cp.sha256, "warm": cp.warm, "stateBytes": cp.state_bytes,
+            "createdTime": _stamp(cp.created_at), "lastUsedTime": _stamp(cp.last_used_at),
             "inUse": in_use is not None, "inUseReason": in_use}
 
 
@@ -89,13 +90,15 @@ def _list(args: argparse.Namespace, config: Config) -> int:
         return 0
     now = time.time()
     if rows:
-        print(f"{'KEY':{KEY_PREFIX}}  {'TEMPLATE':20} {'STEP':24} {'SIZE':>11} {'AGE':>5} {'USED':>5}  RUN")
+        print(f"{'KEY':{KEY_PREFIX}}  {'TEMPLATE':20} {'STEP':24} {'SIZE':>11} {'KIND':5} {'STATE':>10} "
+              f"{'AGE':>5} {'USED':>5}  RUN")
     for cp in rows:
         step = f"{cp.step_index} {cp.step_name}"
         flag = "  in use" if cp.path in in_use else ""
         print(f"{cp.key[:KEY_PREFIX]}  {cp.template_name[:20]:20} {step[:24]:24} {_mib(cp.size_bytes):>11} "
+              f"{'warm' if cp.warm else 'cold':5} {_mib(cp.state_bytes) if cp.warm else '-':>10} "
               f"{_ago(cp.created_at, now):>5} {_ago(cp.last_used_at, now):>5}  {cp.run_id}{flag}")
-    shown_total = sum(cp.size_bytes for cp in rows)
+    shown_total = sum(cp.size_bytes + cp.state_bytes for cp in rows)
     scope = f" of template {args.template}" if args.template else ""
     print(f"{len(rows)} checkpoint(s){scope}, {_mib(shown_total)}; all checkpoints take {_mib(total)} of the "
           f"{_cap(config)} cap" + ("" if config.checkpoints_enabled else " (checkpoints are disabled)"))
@@ -110,7 +113,7 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
     store = _store(config, write=True)
     report = store.prune(args.template, args.older_than, args.all)
     failed = [r for r in report.removed if r.error]
-    freed = sum(r.checkpoint.size_bytes for r in report.removed if r.checkpoint and not r.error)
+    freed = sum(r.checkpoint.size_bytes + r.checkpoint.state_bytes for r in report.removed if r.checkpoint and not r.error)
     total = store.total_bytes()
     if args.json:
         emit({"ok": not failed,

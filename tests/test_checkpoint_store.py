@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -411,7 +412,7 @@ def test_a_kept_build_vm_disk_keeps_the_layers_it_stands_on(setup):
     assert [r.path for r in store.evict(cap_bytes=0)] == [one.path]
 
 
-def test_a_warm_state_counts_with_its_layer_is_checked_and_goes_with_it(setup):
+def test_a_warm_state_counts_with_its_layer_is_checked_and_goes_with_it(setup, orchestrate, capsys):
     from orchestrator.core.warm import MachineConfig
     from orchestrator.effects import warm_states
 
@@ -425,6 +426,11 @@ def test_a_warm_state_counts_with_its_layer_is_checked_and_goes_with_it(setup):
     row = store.register(run_id, "t", key(1), 1, "step1", path, None,
                          ({"state": str(saved), "key": str(saved_key), "pause_seconds": 1.1}, machine, "ssh-ed25519 A"))
     assert row.warm and row.state_bytes >= 256 * 1024 and store.total_bytes() == row.size_bytes + row.state_bytes
+    assert orchestrate("checkpoints", "list", "--json") == 0
+    [shown] = json.loads(capsys.readouterr().out)["checkpoints"]
+    assert shown["warm"] and shown["stateBytes"] == row.state_bytes
+    assert orchestrate("checkpoints", "list") == 0
+    assert re.search(r" warm +0\.\d MiB ", capsys.readouterr().out)
     warm = store.warm_state(path)
     assert warm_states.usable(warm, row.sha256, machine) is None
     assert "memory (MiB) 1024, this build 2048" in warm_states.usable(

@@ -74,6 +74,32 @@ def test_a_resumed_build_skips_the_checkpointed_steps_and_starts_with_the_resume
     assert "ssh-ed25519 AAAAC3 test" in resume and "/var/lib/orchestrator/tmp" in resume
 
 
+def test_a_warm_base_is_the_checkpoint_of_the_booted_vm_before_the_first_customizer(tmp_path, packer):
+    plan = CheckpointPlan(("hook", "manifest.json"), 0, str(tmp_path / "q.sock"), warm=True, base=True)
+    _, rendered, work = _render_with(tmp_path, plan)
+    sources = [b.source for b in rendered.provisioners]
+    assert sources[:4] == ["checkpoint:(boot)"] * 3 + ["customizer:one"]  # nothing resumed: no resume step
+    assert (work / "steps/00-boot.checkpoint-host.sh").read_text().endswith("hook manifest.json 0\n")
+    assert "echo 0 > /var/lib/orchestrator/checkpoint" in (work / "steps/00-boot.checkpoint.sh").read_text()
+    assert '"migration.store-global-state=off"' in rendered.hcl and "-incoming" not in rendered.hcl
+    result = subprocess.run([packer, "validate", str(work / "build.pkr.hcl")], capture_output=True, text=True, cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_warm_start_restores_the_state_and_first_makes_the_guest_right(tmp_path, packer):
+    plan = CheckpointPlan(("hook",), 0, str(tmp_path / "q.sock"), warm=True, incoming="/ck/base.state.zst",
+                          random_hex="ab" * 64, resumed=True)  # from a warm base: every customizer runs
+    _, rendered, work = _render_with(tmp_path, plan)
+    sources = [b.source for b in rendered.provisioners]
+    assert sources[0] == "resume" and sources[1] == "customizer:one"
+    assert '"exec:zstd -dc -q /ck/base.state.zst"' in rendered.hcl and 'ssh_timeout          = "3m"' in rendered.hcl
+    resume = (work / "steps/00-resume.sh").read_text()
+    assert 'if [ "$marker" != "0" ]' in resume and "ab" * 64 in resume and "hwclock --hctosys" in resume
+    assert "authorized_keys" not in resume  # the restored guest keeps the saved key: the build uses it
+    result = subprocess.run([packer, "validate", str(work / "build.pkr.hcl")], capture_output=True, text=True, cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def start_qemu(disk: Path, sock: Path, *extra: str) -> subprocess.Popen:
     """A real QEMU with a virtio disk, paused before any guest code runs (unless `extra` makes
     it wait for a state), its monitor on `sock` once this returns."""

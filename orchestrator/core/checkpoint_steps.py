@@ -16,6 +16,7 @@ from dataclasses import dataclass
 SAVED_TMP = "/var/lib/orchestrator/tmp"
 MARKER = "/var/lib/orchestrator/checkpoint"  # the position of the last checkpoint: a warm restore checks it
 HOOK_MARK = "orchestrator-checkpoint:"
+BASE_NAME = "(boot)"  # the step name of a warm base: the checkpoint at position 0
 REBOOT_WAIT_SECONDS = 300  # a guest that takes longer to go down fails the step, said so
 
 
@@ -31,6 +32,8 @@ class CheckpointPlan:
     warm: bool = False  # QEMU may save its state with each checkpoint (core/warm.py)
     incoming: str = ""  # the saved state this build restores (a warm start); "" boots
     random_hex: str = ""  # host random bytes for the restored guest's RNG
+    base: bool = False  # also a (warm) checkpoint of the booted VM before the first customizer
+    resumed: bool = False  # the build starts on a checkpoint (a warm base is one, at position 0)
 
 
 def guest_settle_script() -> str:

@@ -104,3 +104,9 @@ def step_keys(parts: dict[str, Any]) -> list[str]:
         keys.append(_hash({"orchestrator": parts["orchestrator"], "source": parts["source"]["sha256"],
                            "steps": prefix}))
     return keys
+
+
+def base_key(parts: dict[str, Any], machine: str) -> str:
+    """The key of a warm base: the source booted, its build user made, no customizer run yet.
+    Any template on that source and machine (`MachineConfig.to_json()`) starts from it."""
+    return _hash({"orchestrator": parts["orchestrator"], "source": parts["source"]["sha256"], "base": machine})

@@ -16,8 +16,8 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from orchestrator.core.checkpoint_steps import (SAVED_TMP, CheckpointPlan, guest_checkpoint_script, guest_settle_script,
-                                                host_checkpoint_script, resume_script)
+from orchestrator.core.checkpoint_steps import (BASE_NAME, SAVED_TMP, CheckpointPlan, guest_checkpoint_script,
+                                                guest_settle_script, host_checkpoint_script, resume_script)
 from orchestrator.core.warm import incoming_uri, warm_resume_script
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
@@ -131,13 +131,15 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
     blocks: list[ProvisionerBlock] = []
     work = Path(ctx.work_dir)
     checkpoints = ctx.checkpoints
-    if checkpoints and checkpoints.start_after:
+    if checkpoints and (checkpoints.resumed or checkpoints.start_after):
         files["steps/00-resume.sh"] = (
             warm_resume_script(checkpoints.start_after, checkpoints.random_hex) if checkpoints.incoming
             else resume_script(BUILD_USER, ctx.ssh_public_key))
         script = _host_path(str(work / "steps/00-resume.sh"))
         blocks.append(ProvisionerBlock("resume", "shell", (("script", script), ("execute_command", AS_ROOT)),
                                        (script,)))
+    if checkpoints and checkpoints.base:  # the booted VM, before any customizer: a warm base
+        blocks += _checkpoint_blocks(0, BASE_NAME, "00-boot", checkpoints, work, files)
     for step in plan.steps:
         if checkpoints and step.phase == "customize" and step.index <= checkpoints.start_after:
             continue  # done in the checkpoint this build starts on

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.config import Config
-from orchestrator.core.checkpoint_steps import CheckpointPlan
-from orchestrator.core.fingerprint import step_keys
+from orchestrator.core.checkpoint_steps import BASE_NAME, CheckpointPlan
+from orchestrator.core.fingerprint import base_key, step_keys
 from orchestrator.core.plan import BuildPlan, ResolvedSource
 from orchestrator.core.render_windows import CHECKPOINT_DRIVE
 from orchestrator.core.warm import MachineConfig, WarmState
@@ -142,20 +142,28 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
             if found is not None and store.claim(run_id, found.path):  # in use from now: never evicted
                 start, start_after = found, position
                 break
+    machine = machine_for(config, plan, accelerator) if config.checkpoints_warm else None
+    base = base_key(parts, machine.to_json()) if machine is not None else None
+    warm_from = _warm_start(store, start, machine, log) if start is not None and machine is not None else None
+    if start is None and base is not None and use_stored:
+        start, warm_from = _warm_base(store, base, machine, run_id, log)
     if resume and start is None:
         log.write("orchestrator", f"run {resume} left no usable checkpoint (none was taken, or it was pruned): "
                   "this is a full build")
     render_plan = plan
     if start is not None:
-        skipped = ", ".join(repr(s.name) for s in customizers[:start_after])
-        log.write("orchestrator", f"starting from the checkpoint after customizer {start_after} "
-                  f"({customizers[start_after - 1].name!r}) of run {start.run_id}: {start.path}; skipped: {skipped}")
+        if start_after:
+            skipped = ", ".join(repr(s.name) for s in customizers[:start_after])
+            log.write("orchestrator", f"starting from the checkpoint after customizer {start_after} "
+                      f"({customizers[start_after - 1].name!r}) of run {start.run_id}: {start.path}; skipped: {skipped}")
+        where = (f"checkpoint after customizer {start_after}" if start_after else "warm base") + f" of run {start.run_id}"
         render_plan = dataclasses.replace(plan, source=ResolvedSource(
-            description=f"checkpoint after customizer {start_after} of run {start.run_id} ({plan.source.description})",
+            description=f"{where} ({plan.source.description})",
             path=start.path, format="qcow2", virtual_size=plan.disk_size_mib * MIB, sha256=start.sha256,
             resolved_version=plan.source.resolved_version, os_type=plan.source.os_type))
-    machine = machine_for(config, plan, accelerator) if config.checkpoints_warm else None
-    warm_from = _warm_start(store, start, machine, log) if start is not None and machine is not None else None
+    take_base = start is None and base is not None  # this build boots the source: its boot is kept
+    first = 0 if take_base else start_after + 1
+    names = {0: (base, BASE_NAME), **{i: (keys[i - 1], customizers[i - 1].name) for i in range(1, len(keys) + 1)}}
     store_dir = config.checkpoints_dir
     store_dir.mkdir(mode=0o700, exist_ok=True)
     manifest = {
@@ -166,19 +174,20 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
         "packer_disk": str(staging.packer_output / "disk.qcow2"),
         "top": str(staging.root / "top.qcow2"),
         "virtual_size": plan.disk_size_mib * MIB,
-        "first": start_after + 1, "last": len(customizers),
+        "first": first, "last": len(customizers),
         "started_from": start.path if start else None,
         "log": str(staging.root / JOURNAL),
-        "layers": {str(i): {"key": keys[i - 1], "name": customizers[i - 1].name,
-                            "path": str(store_dir / f"{keys[i - 1]}-{run_id}.qcow2")}
-                   for i in range(start_after + 1, len(customizers) + 1)},
+        "layers": {str(i): {"key": names[i][0], "name": names[i][1],
+                            "path": str(store_dir / f"{names[i][0]}-{run_id}.qcow2")}
+                   for i in range(first, len(customizers) + 1)},
     }
     path = staging.root / "checkpoints.json"
     write_atomic(path, json.dumps(manifest, indent=2))
     hook = (sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(path))
     render = CheckpointPlan(hook, start_after, manifest["qmp_socket"], warm=machine is not None,
                             incoming=warm_from.path if warm_from else "",
-                            random_hex=secrets_module.token_hex(64) if warm_from else "")
+                            random_hex=secrets_module.token_hex(64) if warm_from else "", base=take_base,
+                            resumed=start is not None)
     return CheckpointRun(render, render_plan, manifest, start_after, start.path if start else None, machine, warm_from)
 
 
@@ -197,6 +206,27 @@ def _warm_start(store: CheckpointStore, start: Any, machine: MachineConfig, log:
     log.write("orchestrator", f"a warm start: the VM saved with the checkpoint continues ({state.path}, "
               f"{state.size_bytes / MIB:.0f} MiB)")
     return state
+
+
+def _warm_base(store: CheckpointStore, key: str, machine: MachineConfig, run_id: str,
+               log: RunLog) -> tuple[Any, WarmState | None]:
+    """The warm base of this source and machine (its boot, kept by an earlier build), if its
+    state may be restored; else (None, None): the build boots and keeps a new base."""
+    found, reasons = store.find(key)
+    for reason in reasons:
+        log.write("orchestrator", f"warm base not usable: {reason}")
+    if found is None:
+        log.write("orchestrator", "no warm base of this source and machine yet: this build boots it and keeps one")
+        return None, None
+    state = store.warm_state(found.path)
+    why = "it has no VM state saved with it" if state is None else warm_states.usable(state, found.sha256, machine)
+    if why or not store.claim(run_id, found.path):
+        log.write("orchestrator", f"the warm base {found.path} is not used ({why or 'it was just removed'}): "
+                  "this build boots the source and keeps a new one")
+        return None, None
+    log.write("orchestrator", f"starting from the warm base of this source and machine (run {found.run_id}): "
+              f"the booted VM continues ({state.path}, {state.size_bytes / MIB:.0f} MiB), every customizer runs")
+    return found, state
 
 
 def register(config: Config, state: Any, run: CheckpointRun, run_id: str, template_name: str, log: RunLog,
