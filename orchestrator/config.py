@@ -78,9 +78,9 @@ class Config:
     # [checkpoints]: a qcow2 layer after each customizer (resume, incremental rebuilds), kept
     # under the data home's checkpoints/ up to max_gib (least recently used evicted; 0: none kept)
     checkpoints_enabled: bool = True
-    # [checkpoints] warm: the build VM's memory saved with each checkpoint (a start without a
-    # boot). Off by default until the warm restore has passed its real-build tests (issue 17)
-    checkpoints_warm: bool = False
+    # [checkpoints] warm: the build VM's memory saved with each checkpoint, and a warm base of
+    # each source and machine (a start without a boot); false: cold checkpoints only
+    checkpoints_warm: bool = True
     checkpoints_max_bytes: int = 20 * 1024**3
 
     def pool_for(self, region: str, storage_account_type: str | None = None) -> str | None:

@@ -1,4 +1,4 @@
-"""Real builds with disk checkpoints (Packer + QEMU under TCG, QMP live snapshots): a run that
+"""Real builds with cold disk checkpoints (Packer + QEMU under TCG, QMP live snapshots): a run that
 fails in its third of four customizers is resumed after the fix and skips the first two; then
 a change to the last customizer only rebuilds from the checkpoint before it. The guest proves
 it: each customizer appends its name to a counter file, and the VHD holds each exactly once.
@@ -47,6 +47,7 @@ def _steps(third: str, fourth: str) -> list[dict]:
 
 def test_resume_after_a_failure_then_rebuild_from_the_last_unchanged_step(tmp_path, imported_home):
     home = imported_home.home
+    (home / "config.toml").write_text("[checkpoints]\nwarm = false\n")  # cold checkpoints: test_warm_e2e.py
     path = tmp_path / "ck.json"
     path.write_text(dumps(linux_template(customize=_steps("exit 3", "four"))))
     failed = _cli("build", str(path), home=home)

@@ -310,10 +310,10 @@ def test_checkpoints_configuration(tmp_path):
     home = tmp_path / "h"
     assert load_config(str(home)).checkpoints_max_bytes == 20 * 2**30 and load_config(str(home)).checkpoints_enabled
     file = tmp_path / "c.toml"
-    assert not load_config(str(home)).checkpoints_warm  # warm checkpoints: off until their real tests pass
-    file.write_text("[checkpoints]\nmax_gib = 0.5\nenabled = false\nwarm = true\n")
+    assert load_config(str(home)).checkpoints_warm  # warm checkpoints: on unless turned off
+    file.write_text("[checkpoints]\nmax_gib = 0.5\nenabled = false\nwarm = false\n")
     config = load_config(str(home), str(file))
-    assert config.checkpoints_max_bytes == 2**29 and not config.checkpoints_enabled and config.checkpoints_warm
+    assert config.checkpoints_max_bytes == 2**29 and not config.checkpoints_enabled and not config.checkpoints_warm
     file.write_text("[checkpoints]\nmax_gib = 0\n")
     assert load_config(str(home), str(file)).checkpoints_max_bytes == 0
     file.write_text("[checkpoints]\nmax_gib = -1\n")

@@ -24,7 +24,8 @@ class RunLog:
         self._lock = threading.Lock()
 
     def write(self, source: str, line: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        now = time.time()  # one reading: two could straddle a second and be a second off
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
         text = self.redact(line.rstrip())
         with self._lock:
             self._handle.write(f"{stamp} [{source}] {text}\n")

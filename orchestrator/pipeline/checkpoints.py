@@ -256,8 +256,9 @@ def register_journal(config: Config, state: Any, journal: Path, run_id: str, tem
                            record["parent"], warm)
             kept += 1
             saved = (f", VM state saved (paused {record['warm']['pause_seconds']:.2f} s)" if warm else "")
-            say(f"checkpoint after customizer {record['position']} ({record['name']!r}) kept: "
-                f"{record['path']} (frozen in {record['seconds']:.2f} s{saved})")
+            what = (f"checkpoint after customizer {record['position']} ({record['name']!r})" if record["position"]
+                    else "warm base (the booted source, before any customizer)")
+            say(f"{what} kept: {record['path']} (frozen in {record['seconds']:.2f} s{saved})")
         for removed in store.evict():
             say(f"checkpoint removed: {removed.path} ({removed.reason})")
     except (OSError, OrchestratorError, ValueError, KeyError) as exc:
