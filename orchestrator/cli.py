@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--template", help="the run must be this template's")
     # verbs with their own modules: the image store, provenance, nightly runs, retention, checkpoints
     from orchestrator import (checkpoint_commands, nightly_commands, provenance_commands, retention_commands,
-                              store_commands)
+                              serve_commands, store_commands)
 
-    for module in (store_commands, provenance_commands, nightly_commands, retention_commands, checkpoint_commands):
+    for module in (store_commands, provenance_commands, nightly_commands, retention_commands, checkpoint_commands,
+                   serve_commands):
         module.add_parsers(sub)
     return parser
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from orchestrator.core.redact import Redactor
 from orchestrator.errors import ExitCode, UsageError
 from orchestrator.service import templates as stored_templates
 from orchestrator.service.recovery import is_dead, recover
-from orchestrator.service.runs import ACTIVE, AlreadyCanceling, Runs
+from orchestrator.service.runs import ACTIVE
 
 FOLLOW_POLL_SECONDS = 0.2
 
@@ -254,42 +253,18 @@ def cmd_output(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
-    """Canceling first (visible at once), then SIGTERM to the run's process, identified by pid
-    and start time (pids are reused). A second cancel says so; a finished run is an error."""
-    from orchestrator.effects.proc import process_start_time, signal_process
+    """Canceling first (visible at once), then SIGTERM to the run's process (service/cancel.py).
+    A second cancel says so; a finished run is an error."""
+    from orchestrator.service.cancel import cancel_run
 
     state = store(config)  # a run whose process is gone is recovered here, and then has ended
-    run = get_run(state, args.run_id, args.template)
-    run_id, pid, started = run["id"], run["pid"], run.get("pid_start_time")
-    if started is None and pid and process_start_time(pid) is not None:
-        raise UsageError(f"run {run_id} did not record which process pid {pid} was; "
-                         "it may be another process now, so it is not signalled",
-                         hint=f"check `ps -o pid,lstart,args -p {pid}`; if it is the build, `kill {pid}`")
-    try:
-        Runs(state).transition(run_id, "cancel")
-    except AlreadyCanceling as exc:
-        try:  # the signal again: harmless, and it reaches a process an earlier cancel could not
-            if pid and started is not None:
-                signal_process(pid, started, signal.SIGTERM)
-        except PermissionError:
-            pass
-        if args.json:
-            emit({"ok": True, "runId": run_id, "runState": "Canceling", "message": exc.message})
-        else:
-            print(f"{exc.message}; nothing more to do", file=sys.stderr)
-        return 0
-    try:
-        signalled = bool(pid) and signal_process(pid, started, signal.SIGTERM)
-    except PermissionError:
-        Runs(state).transition(run_id, "cancel-undone")  # not canceling after all: the signal never went
-        raise UsageError(f"not allowed to signal the build process of run {run_id} (pid {pid})",
-                         hint="run `orchestrate cancel` as the user that started the build") from None
-    if not signalled:  # it died between recovery and now: the next command recovers it
-        store(config)
+    result = cancel_run(state, get_run(state, args.run_id, args.template), lambda: store(config))
     if args.json:
-        emit({"ok": True, "runId": run_id, "runState": "Canceling", "message": "cancel requested"})
+        emit({"ok": True, "runId": result.run_id, "runState": "Canceling", "message": result.message})
+    elif result.again:
+        print(f"{result.message}; nothing more to do", file=sys.stderr)
     else:
-        print(f"cancel requested for {run_id} (Canceling)")
+        print(f"cancel requested for {result.run_id} (Canceling)")
     return 0
 
 

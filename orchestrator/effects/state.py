@@ -9,7 +9,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from orchestrator.effects.state_schema import check_version, migrate
 from orchestrator.errors import EnvironmentProblem
@@ -219,21 +219,25 @@ class StateStore:
 
     # --- stored templates ------------------------------------------------------------------
     def put_template(self, name: str, body: str, parameters: dict[str, Any], file_path: str | None,
-                     sha256: str, *, update: bool) -> str:
+                     sha256: str, *, update: bool,
+                     also: Callable[[sqlite3.Connection], None] | None = None) -> str:
         """Stores a template: "created", "unchanged" (same hash), "updated" (`update`), or
         "conflict" (another body is stored and `update` is false). One write transaction, so
-        two concurrent creates of one name store one body."""
+        two concurrent creates of one name store one body; `also` writes with it (the REST
+        API's resource row), unless the verdict is "conflict"."""
         now = time.time()
         with self.immediate() as db:
             row = db.execute("SELECT sha256 FROM templates WHERE name = ?", (name,)).fetchone()
+            if row is not None and row["sha256"] != sha256 and not update:
+                return "conflict"
+            if also is not None:
+                also(db)
             if row is None:
                 db.execute("INSERT INTO templates VALUES (?,?,?,?,?,?,?)",
                            (name, body, json.dumps(parameters), file_path, sha256, now, now))
                 return "created"
             if row["sha256"] == sha256:
                 return "unchanged"
-            if not update:
-                return "conflict"
             db.execute("UPDATE templates SET body = ?, parameters = ?, file_path = ?, sha256 = ?, updated_at = ? "
                        "WHERE name = ?", (body, json.dumps(parameters), file_path, sha256, now, name))
             return "updated"
@@ -263,6 +267,7 @@ class StateStore:
             db.executemany("DELETE FROM run_outputs WHERE run_id = ?", [(i,) for i in ids])
             db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
             db.execute("DELETE FROM templates WHERE name = ?", (row["name"],))
+            db.execute("DELETE FROM template_resources WHERE name = ?", (row["name"],))  # its REST resource
             return "deleted", runs
 
 

@@ -135,7 +135,43 @@ CREATE TABLE IF NOT EXISTS warm_states (
 """
 _V6_COLUMNS = (("runs", "start_mode", "TEXT"), ("runs", "restore_seconds", "REAL"))
 
-SCHEMA_VERSION = 6
+# v7: the REST API (orchestrate serve): its bearer tokens (a hash each, never the token), the
+# Azure resource each stored template is (subscription, resource group, tags, identity), and the
+# long-running operations it answered with Azure-AsyncOperation
+_V7 = """
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS template_resources (
+    name TEXT PRIMARY KEY,
+    subscription TEXT NOT NULL,
+    resource_group TEXT NOT NULL,
+    location TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    identity TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    template_name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    run_id TEXT,
+    pid INTEGER,
+    pid_start_time INTEGER,
+    output_path TEXT,
+    created_at REAL NOT NULL,
+    ended_at REAL
+)
+"""
+
+SCHEMA_VERSION = 7
 
 
 def _add_columns(db: sqlite3.Connection, columns: tuple[tuple[str, str, str], ...]) -> None:
@@ -181,7 +217,11 @@ def _to_v6(db: sqlite3.Connection) -> None:
     _add_columns(db, _V6_COLUMNS)
 
 
-_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3), (4, _to_v4), (5, _to_v5), (6, _to_v6))
+def _to_v7(db: sqlite3.Connection) -> None:
+    _script(db, _V7)
+
+
+_MIGRATIONS = ((1, _to_v1), (2, _to_v2), (3, _to_v3), (4, _to_v4), (5, _to_v5), (6, _to_v6), (7, _to_v7))
 
 
 def migrate(db: sqlite3.Connection, path: object) -> None:

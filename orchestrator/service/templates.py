@@ -10,7 +10,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.config import Config
 from orchestrator.core import model as m
@@ -53,12 +53,13 @@ def content_hash(body: str, parameters: dict[str, Any]) -> str:
 
 
 def create(state: Any, name: str, body: str, parameters: dict[str, Any], file_path: str | None,
-           *, update: bool = False) -> tuple[str, Stored]:
+           *, update: bool = False, also: Callable[[Any], None] | None = None) -> tuple[str, Stored]:
     """Stores a validated template: ("created" | "unchanged" | "updated", the stored template).
-    A different body under an existing name is refused unless `update` (AIB refuses updates)."""
+    A different body under an existing name is refused unless `update` (AIB refuses updates).
+    `also`: written in the same transaction (the REST API's resource row)."""
     check_name(name)
     digest = content_hash(body, parameters)
-    verdict = state.put_template(name, body, parameters, file_path, digest, update=update)
+    verdict = state.put_template(name, body, parameters, file_path, digest, update=update, also=also)
     if verdict == "conflict":
         stored = get(state, name)
         raise UsageError(f"template {name!r} exists with another body (stored sha256 {stored.sha256[:12]}, "
