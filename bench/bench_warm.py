@@ -73,7 +73,7 @@ def main() -> int:
                              warm=False)
         full_warm, log = build("full build, warm checkpoints", checkpoint_template(slow, last.format("a")), "ck",
                                "--force")
-        pauses = [float(p) for p in re.findall(r"VM state saved \(paused ([\d.]+) s\)", log)]
+        pauses = [float(p) for p in re.findall(r"kept: .*VM state saved \(paused ([\d.]+) s\)", log)]
         saved = len(pauses)
         cold, _ = build("cold rebuild, last step changed", checkpoint_template(slow, last.format("b")), "ck",
                         warm=False)

@@ -17,7 +17,8 @@ import jinja2
 import yaml
 
 from orchestrator.core.checkpoint_steps import (BASE_NAME, SAVED_TMP, CheckpointPlan, guest_checkpoint_script,
-                                                guest_settle_script, host_checkpoint_script, resume_script)
+                                                guest_settle_script, host_checkpoint_script, resume_script,
+                                                settle_after)
 from orchestrator.core.warm import incoming_uri, warm_resume_script
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
@@ -139,7 +140,7 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         blocks.append(ProvisionerBlock("resume", "shell", (("script", script), ("execute_command", AS_ROOT)),
                                        (script,)))
     if checkpoints and checkpoints.base:  # the booted VM, before any customizer: a warm base
-        blocks += _checkpoint_blocks(0, BASE_NAME, "00-boot", checkpoints, work, files)
+        blocks += _checkpoint_blocks(0, BASE_NAME, "00-boot", checkpoints, work, files, settle=False)
     for step in plan.steps:
         if checkpoints and step.phase == "customize" and step.index <= checkpoints.start_after:
             continue  # done in the checkpoint this build starts on
@@ -157,6 +158,8 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             if step.phase == "validate" and plan.continue_distribute_on_failure:
                 command = dict(attrs).get("execute_command", AS_USER)
                 attrs = (("execute_command", f"{command}; echo {VALIDATION_STATUS}$?"),)
+            if checkpoints and step.phase == "customize":  # a reboot it asks for ends before the checkpoint
+                attrs = (("execute_command", settle_after(dict(attrs).get("execute_command", AS_USER))),)
             blocks.append(ProvisionerBlock(source, "shell", (
                 ("script", script), ("expect_disconnect", True), *attrs,
             ), (script,)))
@@ -191,8 +194,9 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             ), (script,)))
         else:
             raise ValueError(f"{step.kind} customizers need a Windows source")
-        if checkpoints and step.phase == "customize":
-            blocks += _checkpoint_blocks(step.index, step.name, slug, checkpoints, work, files)
+        if checkpoints and step.phase == "customize":  # Shell steps settle in their own command
+            blocks += _checkpoint_blocks(step.index, step.name, slug, checkpoints, work, files,
+                                         settle=step.kind == "PowerShell")
     rel = "steps/90-generalize.sh"
     files[rel] = generalize_script(plan.deprovision_command, plan.deprovision_override)
     script = _host_path(str(work / rel))
@@ -214,21 +218,26 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
 
 
 def _checkpoint_blocks(position: int, name: str, slug: str, checkpoints: CheckpointPlan, work: Path,
-                       files: dict[str, str]) -> list[ProvisionerBlock]:
-    settle, guest = f"steps/{slug}.settle.sh", f"steps/{slug}.checkpoint.sh"
-    host = f"steps/{slug}.checkpoint-host.sh"
-    files[settle] = guest_settle_script()
+                       files: dict[str, str], settle: bool) -> list[ProvisionerBlock]:
+    """`settle`: a step of its own first that lets a guest going down go (a customizer whose
+    command cannot hold it: PowerShell; Shell steps settle in their execute_command, File
+    steps cannot reboot, the booted base has nothing before it)."""
+    guest, host = f"steps/{slug}.checkpoint.sh", f"steps/{slug}.checkpoint-host.sh"
     files[guest] = guest_checkpoint_script(position)
     files[host] = host_checkpoint_script(checkpoints.hook, position)
-    settle_path, guest_path = _host_path(str(work / settle)), _host_path(str(work / guest))
-    host_path = _host_path(str(work / host))
-    return [ProvisionerBlock(f"checkpoint:{name}", "shell", (
-                ("script", settle_path), ("execute_command", AS_ROOT), ("expect_disconnect", True)), (settle_path,)),
-            ProvisionerBlock(f"checkpoint:{name}", "shell", (("script", guest_path), ("execute_command", AS_ROOT)),
-                             (guest_path,)),
-            # the script is written owner-only and not executable: sh reads it
-            ProvisionerBlock(f"checkpoint:{name}", "shell-local", (
-                ("script", host_path), ("execute_command", ["/bin/sh", "{{.Script}}"])), (host_path,))]
+    guest_path, host_path = _host_path(str(work / guest)), _host_path(str(work / host))
+    blocks = []
+    if settle:
+        files[f"steps/{slug}.settle.sh"] = guest_settle_script()
+        settle_path = _host_path(str(work / f"steps/{slug}.settle.sh"))
+        blocks.append(ProvisionerBlock(f"checkpoint:{name}", "shell", (
+            ("script", settle_path), ("execute_command", AS_ROOT), ("expect_disconnect", True)), (settle_path,)))
+    return blocks + [
+        ProvisionerBlock(f"checkpoint:{name}", "shell", (("script", guest_path), ("execute_command", AS_ROOT)),
+                         (guest_path,)),
+        # the script is written owner-only and not executable: sh reads it
+        ProvisionerBlock(f"checkpoint:{name}", "shell-local", (
+            ("script", host_path), ("execute_command", ["/bin/sh", "{{.Script}}"])), (host_path,))]
 
 
 def inline_script(commands: tuple[str, ...]) -> str:
