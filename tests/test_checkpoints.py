@@ -41,11 +41,13 @@ def test_a_checkpoint_follows_each_customizer_and_packer_accepts_it(tmp_path, pa
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _run_guest_script(tmp_path: Path, script: str, system_state: str, timeout: float):
-    """A checkpoint's guest script under /bin/sh, with a `systemctl` that reports `system_state`."""
+def _run_guest_script(tmp_path: Path, script: str, system_state: str, timeout: float, jobs: str = ""):
+    """A checkpoint's guest script under /bin/sh, with a `systemctl` that reports `system_state`
+    and, for list-jobs, `jobs`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho {system_state}\n")
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\ncase $1 in is-system-running) echo {system_state};; "
+                                       f"list-jobs) printf '%s\\n' '{jobs}';; esac\n")
     (bin_dir / "systemctl").chmod(0o755)
     (tmp_path / "step.sh").write_text(script)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
@@ -63,20 +65,29 @@ def test_a_guest_going_down_waits_for_its_reboot_and_is_never_checkpointed(tmp_p
     assert b"the guest is going down" in waited.value.stdout
     refused = _run_guest_script(tmp_path, guest_checkpoint_script(1), "stopping", 10)
     assert refused.returncode == 1 and "no checkpoint of a guest shutting down" in refused.stderr
+    # `systemctl reboot` has returned, the state still says running: the queued job counts
+    queued = "42 reboot.target start waiting"
+    with pytest.raises(subprocess.TimeoutExpired):
+        _run_guest_script(tmp_path, guest_settle_script(), "running", 2, jobs=queued)
+    assert _run_guest_script(tmp_path, guest_checkpoint_script(1), "running", 10, jobs=queued).returncode == 1
+    assert _run_guest_script(tmp_path, guest_checkpoint_script(1), "running", 10,
+                             jobs="7 apt-daily.service start waiting").returncode == 0
     # a Shell customizer's own command: its exit status kept; a guest going down waits
     from orchestrator.core.checkpoint_steps import settle_after
 
-    def customizer(body: str, state: str, timeout: float):
+    def customizer(body: str, state: str, timeout: float, jobs: str = ""):
         (tmp_path / "custom.sh").write_text(f"#!/bin/sh\n{body}\n")
         command = settle_after("chmod +x {{ .Path }}; {{ .Vars }} {{ .Path }}")
         command = command.replace("{{ .Path }}", str(tmp_path / "custom.sh")).replace("{{ .Vars }}", "")
-        return _run_guest_script(tmp_path, command, state, timeout)
+        return _run_guest_script(tmp_path, command, state, timeout, jobs)
 
     assert customizer("exit 0", "running", 10).returncode == 0
     assert customizer("exit 3", "stopping", 10).returncode == 3  # a failure is the customizer's, at once
     with pytest.raises(subprocess.TimeoutExpired) as waited:
         customizer("echo rebooting", "stopping", 2)
     assert b"the guest is going down" in waited.value.stdout
+    with pytest.raises(subprocess.TimeoutExpired):
+        customizer("echo rebooting", "running", 2, jobs="9 reboot.target start waiting")
 
 
 def test_a_resumed_build_skips_the_checkpointed_steps_and_starts_with_the_resume_step(tmp_path):

@@ -18,6 +18,11 @@ MARKER = "/var/lib/orchestrator/checkpoint"  # the position of the last checkpoi
 HOOK_MARK = "orchestrator-checkpoint:"
 BASE_NAME = "(boot)"  # the step name of a warm base: the checkpoint at position 0
 REBOOT_WAIT_SECONDS = 300  # a guest that takes longer to go down fails the step, said so
+# A guest is going down once systemd says "stopping", or as soon as a reboot or power-off job is
+# queued: `systemctl reboot` returns before the state changes, and a check run at once would
+# still see "running".
+GOING_DOWN = ('{ [ "$(systemctl is-system-running 2>/dev/null)" = stopping ] || '
+              "systemctl list-jobs --no-legend 2>/dev/null | grep -qE '(reboot|poweroff|halt|kexec)[.]target'; }")
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,7 @@ def guest_settle_script() -> str:
     return f"""#!/bin/sh
 # After a customizer, before its checkpoint: a guest that is going down (a customizer rebooted
 # it) waits here for its end; Packer reconnects to the new boot for the next step.
-state=$(systemctl is-system-running 2>/dev/null || true)
-if [ "$state" = stopping ]; then
+if {GOING_DOWN}; then
     echo "{HOOK_MARK} the guest is going down (boot $(cat /proc/sys/kernel/random/boot_id)): waiting for its reboot"
     sleep {REBOOT_WAIT_SECONDS}
     echo "{HOOK_MARK} the guest is still going down after {REBOOT_WAIT_SECONDS} s" >&2
@@ -58,8 +62,8 @@ def settle_after(execute_command: str) -> str:
     """A shell customizer's execute_command with the settle step folded in (one SSH round trip
     less per checkpoint than a step of its own): the customizer's exit status is kept, and a
     guest it left going down waits for its end (the customizer expects the disconnect)."""
-    return (f"{execute_command}; rc=$?; if [ $rc -eq 0 ] && [ \"$(systemctl is-system-running 2>/dev/null)\" = "
-            f"stopping ]; then echo '{HOOK_MARK} the guest is going down: waiting for its reboot'; "
+    return (f"{execute_command}; rc=$?; if [ $rc -eq 0 ] && {GOING_DOWN}; then "
+            f"echo '{HOOK_MARK} the guest is going down: waiting for its reboot'; "
             f"sleep {REBOOT_WAIT_SECONDS}; exit 1; fi; exit $rc")
 
 
@@ -68,7 +72,7 @@ def guest_checkpoint_script(position: int) -> str:
 # Runs as root after a customizer, before the host freezes the disk: keep /tmp for a resumed
 # build (the boot of a resumed build empties /tmp), then flush everything to the disk.
 set -e
-if [ "$(systemctl is-system-running 2>/dev/null || true)" = stopping ]; then
+if {GOING_DOWN}; then
     echo "{HOOK_MARK} the guest is going down: no checkpoint of a guest shutting down" >&2
     exit 1
 fi
