@@ -168,3 +168,17 @@ def test_bad_requests_get_arm_errors_never_a_500(server, admin, sub):
     assert nobody.status_code == 401 and nobody.headers["WWW-Authenticate"].startswith("Bearer")
     chunked = _raw(server, "PUT", f"{base}/big?{API}", admin, data=(b" " * 2**20 for _ in range(5)))
     assert chunked.status_code == 413  # no Content-Length: counted as it streams in
+
+
+def test_signed_urls_never_come_back_in_an_answer_or_the_audit_log(server, admin, sub):
+    body = sdk_template(["echo hi"]).as_dict()
+    body["properties"]["customize"].append({"type": "Shell", "name": "fetched",
+                                            "scriptUri": "https://files.example/setup.sh?sv=2022-11-02&sig=TOPSECRETSIG"})
+    with server.client(admin) as client:
+        made = client.virtual_machine_image_templates.begin_create_or_update(GROUP, "signed", body).result()
+        assert made.properties.customize[1].script_uri == "https://files.example/setup.sh?***"
+    path = f"/subscriptions/{sub}/resourceGroups/{GROUP}/providers/Microsoft.VirtualMachineImages/imageTemplates"
+    for url in (f"{path}/signed?{API}", f"{path}?{API}"):
+        answer = _raw(server, "GET", url, admin)
+        assert answer.status_code == 200 and "TOPSECRETSIG" not in answer.text and "setup.sh?***" in answer.text
+    assert "TOPSECRETSIG" not in (server.home / "audit.log").read_text()

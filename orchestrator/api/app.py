@@ -29,6 +29,7 @@ TEMPLATE = TEMPLATES + "/{name}"
 OPERATION = "/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/locations/{location}/operations/{op}"
 PAGE_SIZE = 100
 RETRY_AFTER = "2"  # seconds: how often a poller asks about a long-running operation
+RECOVER_EVERY = 1.0  # seconds between two looks for runs whose process died
 
 
 def create_app(config: Config, default_subscription: str, default_resource_group: str) -> FastAPI:
@@ -37,8 +38,15 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     state = StateStore(config.ensure().db_path)
     app.add_middleware(BodyLimit)
 
+    recovered = [0.0]
+    redactors: dict[str, Redactor] = {}  # by the stored template's sha256: parsing one per GET costs
+
     def store() -> StateStore:
-        recover(config, state)  # runs whose process died end first, as on the CLI
+        """The state, after ending runs whose process died (as on the CLI), at most once a
+        second: a GET answers from what the database says."""
+        if time.monotonic() - recovered[0] >= RECOVER_EVERY:
+            recovered[0] = time.monotonic()
+            recover(config, state)
         return state
 
     @app.exception_handler(ArmError)
@@ -85,10 +93,15 @@ def create_app(config: Config, default_subscription: str, default_resource_group
 
     def view(saved: stored_templates.Stored) -> dict[str, Any]:
         where = resource_of(saved.name)
-        try:
-            redact = Redactor.of(saved.load(config).secrets)
-        except OrchestratorError:
-            redact = Redactor.of(())
+        redact = redactors.get(saved.sha256)
+        if redact is None:
+            try:
+                redact = Redactor.of(saved.load(config).secrets)
+            except OrchestratorError:  # stored by an older release and invalid now: shown as stored
+                redact = Redactor.of(())
+            if len(redactors) > 4096:
+                redactors.clear()
+            redactors[saved.sha256] = redact
         runs = state.runs(saved.name, limit=1)
         return shapes.template_view(redact(saved.body), saved.name, where.subscription, where.resource_group,
                                     where.location, where.tags, where.identity, runs[0] if runs else None)

@@ -58,15 +58,6 @@ fi
 """
 
 
-def settle_after(execute_command: str) -> str:
-    """A shell customizer's execute_command with the settle step folded in (one SSH round trip
-    less per checkpoint than a step of its own): the customizer's exit status is kept, and a
-    guest it left going down waits for its end (the customizer expects the disconnect)."""
-    return (f"{execute_command}; rc=$?; if [ $rc -eq 0 ] && {GOING_DOWN}; then "
-            f"echo '{HOOK_MARK} the guest is going down: waiting for its reboot'; "
-            f"sleep {REBOOT_WAIT_SECONDS}; exit 1; fi; exit $rc")
-
-
 def guest_checkpoint_script(position: int) -> str:
     return f"""#!/bin/sh
 # Runs as root after a customizer, before the host freezes the disk: keep /tmp for a resumed

@@ -17,8 +17,7 @@ import jinja2
 import yaml
 
 from orchestrator.core.checkpoint_steps import (BASE_NAME, SAVED_TMP, CheckpointPlan, guest_checkpoint_script,
-                                                guest_settle_script, host_checkpoint_script, resume_script,
-                                                settle_after)
+                                                guest_settle_script, host_checkpoint_script, resume_script)
 from orchestrator.core.warm import incoming_uri, warm_resume_script
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
@@ -158,8 +157,6 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             if step.phase == "validate" and plan.continue_distribute_on_failure:
                 command = dict(attrs).get("execute_command", AS_USER)
                 attrs = (("execute_command", f"{command}; echo {VALIDATION_STATUS}$?"),)
-            if checkpoints and step.phase == "customize":  # a reboot it asks for ends before the checkpoint
-                attrs = (("execute_command", settle_after(dict(attrs).get("execute_command", AS_USER))),)
             blocks.append(ProvisionerBlock(source, "shell", (
                 ("script", script), ("expect_disconnect", True), *attrs,
             ), (script,)))
@@ -194,9 +191,9 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             ), (script,)))
         else:
             raise ValueError(f"{step.kind} customizers need a Windows source")
-        if checkpoints and step.phase == "customize":  # Shell steps settle in their own command
+        if checkpoints and step.phase == "customize":  # a File step cannot reboot the VM
             blocks += _checkpoint_blocks(step.index, step.name, slug, checkpoints, work, files,
-                                         settle=step.kind == "PowerShell")
+                                         settle=step.kind != "File")
     rel = "steps/90-generalize.sh"
     files[rel] = generalize_script(plan.deprovision_command, plan.deprovision_override)
     script = _host_path(str(work / rel))
@@ -219,9 +216,9 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
 
 def _checkpoint_blocks(position: int, name: str, slug: str, checkpoints: CheckpointPlan, work: Path,
                        files: dict[str, str], settle: bool) -> list[ProvisionerBlock]:
-    """`settle`: a step of its own first that lets a guest going down go (a customizer whose
-    command cannot hold it: PowerShell; Shell steps settle in their execute_command, File
-    steps cannot reboot, the booted base has nothing before it)."""
+    """`settle`: first a step that lets a guest going down go (after a customizer that may have
+    rebooted it). It must be a step of its own: a reboot ends the customizer's SSH session with
+    its shell, before anything after the customizer in that command could run."""
     guest, host = f"steps/{slug}.checkpoint.sh", f"steps/{slug}.checkpoint-host.sh"
     files[guest] = guest_checkpoint_script(position)
     files[host] = host_checkpoint_script(checkpoints.hook, position)
