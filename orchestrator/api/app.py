@@ -299,7 +299,9 @@ def create_app(config: Config, default_subscription: str, default_resource_group
         path = f"/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/locations/{location}"
         return JSONResponse(shapes.operation_view(record, path))
 
-    app.state.started = time.time()
+    from orchestrator.api import compute
+
+    compute.add_routes(app, store, lambda request, sub, rg: authorize(state, request, sub, rg, api_versions=None))
     return app
 
 

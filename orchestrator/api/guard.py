@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from orchestrator.config import Config
 from orchestrator.core.fields import KNOWN_API_VERSIONS
 from orchestrator.effects import api_state
 
+API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 MAX_BODY = 4 * 1024 * 1024  # AIB's own limit for a template; real ones are a few KiB
 AUDIT_LOG = "audit.log"
 
@@ -30,9 +32,10 @@ class Caller:
 
 
 def authorize(state: Any, request: Request, sub: str, rg: str | None, *, write: bool = False,
-              any_group: bool = False) -> Caller:
+              any_group: bool = False, api_versions: tuple[str, ...] | None = KNOWN_API_VERSIONS) -> Caller:
     """The caller's token, checked against the path's subscription and resource group (and the
-    verb, for a reader); the request's api-version checked too."""
+    verb, for a reader); the request's api-version checked too (`api_versions` None: any
+    well-formed one, for the read-only Microsoft.Compute paths, whose versions are Compute's)."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if not header:
@@ -62,9 +65,10 @@ def authorize(state: Any, request: Request, sub: str, rg: str | None, *, write: 
     if not version:
         raise ArmError(400, "MissingApiVersionParameter", "the api-version query parameter is required",
                        target="api-version")
-    if version not in KNOWN_API_VERSIONS:
+    known = version in api_versions if api_versions is not None else bool(API_VERSION.match(version))
+    if not known:
         raise ArmError(400, "InvalidApiVersionParameter", f"the api-version '{version}' is invalid; the supported "
-                       f"versions are '{', '.join(KNOWN_API_VERSIONS)}'", target="api-version")
+                       f"versions are '{', '.join(api_versions or ('YYYY-MM-DD',))}'", target="api-version")
     return Caller(token, scope, version)
 
 
