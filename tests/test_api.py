@@ -182,3 +182,22 @@ def test_signed_urls_never_come_back_in_an_answer_or_the_audit_log(server, admin
         answer = _raw(server, "GET", url, admin)
         assert answer.status_code == 200 and "TOPSECRETSIG" not in answer.text and "setup.sh?***" in answer.text
     assert "TOPSECRETSIG" not in (server.home / "audit.log").read_text()
+
+
+def test_a_templates_trigger_is_a_child_resource(server, admin):
+    from azure.mgmt.imagebuilder import models
+
+    with server.client(admin) as client:
+        client.virtual_machine_image_templates.begin_create_or_update(GROUP, "nightly", sdk_template(["true"])).result()
+        made = client.triggers.begin_create_or_update(
+            GROUP, "nightly", "onSource", models.Trigger(properties=models.SourceImageTriggerProperties())).result()
+        assert made.name == "onSource" and made.properties.kind == "SourceImage"
+        assert made.properties.status.code == "Healthy"
+        assert [t.name for t in client.triggers.list_by_image_template(GROUP, "nightly")] == ["onSource"]
+        with pytest.raises(HttpResponseError) as second:  # AIB: one SourceImage trigger a template
+            client.triggers.begin_create_or_update(
+                GROUP, "nightly", "another", models.Trigger(properties=models.SourceImageTriggerProperties())).result()
+        assert second.value.status_code == 409
+        client.triggers.begin_delete(GROUP, "nightly", "onSource").result()
+        with pytest.raises(ResourceNotFoundError):
+            client.triggers.get(GROUP, "nightly", "onSource")

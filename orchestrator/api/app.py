@@ -299,9 +299,12 @@ def create_app(config: Config, default_subscription: str, default_resource_group
         path = f"/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/locations/{location}"
         return JSONResponse(shapes.operation_view(record, path))
 
-    from orchestrator.api import compute
+    from orchestrator.api import compute, triggers
 
     compute.add_routes(app, store, lambda request, sub, rg: authorize(state, request, sub, rg, api_versions=None))
+    triggers.add_routes(app, config, state, TEMPLATE, found, lambda request, sub, rg, **kw: authorize(
+        state, request, sub, rg, **kw), async_headers, lambda name, sub, rg: api_state.start_operation(
+        state, "trigger", name, _scope(sub, rg), status="Succeeded"), shapes.template_id)
     return app
 
 
