@@ -201,3 +201,22 @@ def test_a_templates_trigger_is_a_child_resource(server, admin):
         client.triggers.begin_delete(GROUP, "nightly", "onSource").result()
         with pytest.raises(ResourceNotFoundError):
             client.triggers.get(GROUP, "nightly", "onSource")
+
+
+def test_lists_page_with_next_links_the_sdk_follows(server, admin, sub):
+    from orchestrator.effects import api_state
+    from orchestrator.service import templates as stored
+
+    state = StateStore(server.home / "state.db")
+    body = json.dumps({"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2024-02-01",
+                       "location": "local", "properties": sdk_template(["true"]).as_dict()["properties"]})
+    names = [f"page-{sub[:8]}-{i:03d}" for i in range(230)]
+    for name in names:  # stored as the API stores them, without 230 PUTs
+        resource = api_state.Resource(name, sub, GROUP, "local", {}, {})
+        stored.create(state, name, body, {}, None, also=lambda db, r=resource: api_state.put_resource(db, r))
+    path = f"/subscriptions/{sub}/resourceGroups/{GROUP}/providers/Microsoft.VirtualMachineImages/imageTemplates"
+    first = _raw(server, "GET", f"{path}?{API}", admin).json()
+    assert len(first["value"]) == 100 and "$skipToken=100" in first["nextLink"]
+    with server.client(admin) as client:
+        assert [t.name for t in client.virtual_machine_image_templates.list_by_resource_group(GROUP)] == names
+        assert len(list(client.virtual_machine_image_templates.list())) == 230

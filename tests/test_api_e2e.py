@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import HttpResponseError
 
 from orchestrator.effects.state import StateStore
 from tests.api_helpers import GROUP, SUBSCRIPTION, make_token, sdk_template, start_server
@@ -49,6 +50,9 @@ def test_the_sdk_runs_a_real_build_reads_its_output_and_cancels_a_run(imported_h
             state = StateStore(imported_home.db_path)
             _wait_for(lambda: [r for r in state.runs("api-slow") if r["run_sub_state"] == "Customizing"],
                       "the slow run's customizer")
+            with pytest.raises(HttpResponseError) as busy:  # not while its run is active
+                templates.begin_delete(GROUP, "api-slow").result()
+            assert busy.value.status_code == 409
             templates.begin_cancel(GROUP, "api-slow").result()  # returns when the run has ended
             assert templates.get(GROUP, "api-slow").properties.last_run_status.run_state == "Canceled"
             with pytest.raises(Exception) as ended:  # the run's own operation ends Canceled, said so

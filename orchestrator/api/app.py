@@ -241,7 +241,9 @@ def create_app(config: Config, default_subscription: str, default_resource_group
         page = listed[start:start + PAGE_SIZE]
         body: dict[str, Any] = {"value": [view(s) for s in page]}
         if start + PAGE_SIZE < len(listed):
-            body["nextLink"] = str(request.url.include_query_params(**{"$skipToken": str(start + PAGE_SIZE)}))
+            version = request.query_params.get("api-version", "")
+            body["nextLink"] = (f"{str(request.url).split('?', 1)[0]}?api-version={version}"
+                                f"&$skipToken={start + PAGE_SIZE}")  # literal '$', as ARM writes it
         return JSONResponse(body)
 
     # --- runs ----------------------------------------------------------------------------------
