@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -51,8 +52,16 @@ def _run_guest_script(tmp_path: Path, script: str, system_state: str, timeout: f
     (bin_dir / "systemctl").chmod(0o755)
     (tmp_path / "step.sh").write_text(script)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    return subprocess.run(["/bin/sh", str(tmp_path / "step.sh")], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    # its own process group: a script still waiting at the timeout goes with its `sleep`
+    process = subprocess.Popen(["/bin/sh", str(tmp_path / "step.sh")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        raise subprocess.TimeoutExpired(exc.cmd, exc.timeout, output=out) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, out.decode(), err.decode())
 
 
 def test_a_guest_going_down_waits_for_its_reboot_and_is_never_checkpointed(tmp_path):
