@@ -4,6 +4,7 @@ and outputs as the CLI; a run it starts is its own `orchestrate run` process."""
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from pathlib import Path
@@ -107,13 +108,32 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         tls = TlsFiles(Path(args.cert), Path(args.key), None)
     else:
         tls = ensure_self_signed(config.ensure().home / "tls")
+    sock = _listen(host.strip("[]"), int(port_text))  # a clear error here, not uvicorn's exit
     app = create_app(config, args.subscription, args.resource_group)
     settings = uvicorn.Config(app, host=host.strip("[]"), port=int(port_text), ssl_certfile=str(tls.cert),
                               ssl_keyfile=str(tls.key), log_level="warning", access_log=False, server_header=False,
                               timeout_keep_alive=5, timeout_graceful_shutdown=5, limit_concurrency=64,
                               h11_max_incomplete_event_size=64 * 1024)
-    _Server(settings, tls).run()
+    _Server(settings, tls).run(sock)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    from orchestrator.errors import EnvironmentProblem
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: uvicorn writes a response's head and body apart, and
+        # with Nagle the body waits for the client's delayed ACK (40 ms a request)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                 hint="another server may listen there, or the address is not this host's: "
+                                      "choose another --listen HOST:PORT") from None
+    return sock
 
 
 class _Server:
@@ -135,5 +155,5 @@ class _Server:
 
         self.server = Announcing(settings)
 
-    def run(self) -> None:
-        self.server.run()
+    def run(self, sock: socket.socket) -> None:
+        self.server.run(sockets=[sock])

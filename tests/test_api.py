@@ -220,3 +220,19 @@ def test_lists_page_with_next_links_the_sdk_follows(server, admin, sub):
     with server.client(admin) as client:
         assert [t.name for t in client.virtual_machine_image_templates.list_by_resource_group(GROUP)] == names
         assert len(list(client.virtual_machine_image_templates.list())) == 230
+
+
+def test_serve_refuses_a_bad_address_and_a_busy_port_clearly(tmp_path):
+    import socket
+
+    env = dict(os.environ, ORCHESTRATOR_HOME=str(tmp_path / "home"))
+    serve = [sys.executable, "-m", "orchestrator", "serve", "--listen"]
+    bad = subprocess.run([*serve, "nowhere"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "is not HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run([*serve, f"127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=60)
+    assert taken.returncode == 6 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr, taken.stderr
+    assert "Traceback" not in taken.stderr

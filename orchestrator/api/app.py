@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.api import resources as shapes
 from orchestrator.api.errors import ArmError, from_orchestrator, not_found
-from orchestrator.api.guard import BodyLimit, Caller, audit, authorize, read_json
+from orchestrator.api.guard import Audit, BodyLimit, Caller, authorize, read_json
 from orchestrator.config import Config
 from orchestrator.core.redact import Redactor
 from orchestrator.effects import api_state
@@ -37,6 +37,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     state = StateStore(config.ensure().db_path)
     app.add_middleware(BodyLimit)
+    app.add_middleware(Audit, config=config)  # outermost: a 413 is audited too
 
     recovered = [0.0]
     redactors: dict[str, Redactor] = {}  # by the stored template's sha256: parsing one per GET costs
@@ -69,19 +70,15 @@ def create_app(config: Config, default_subscription: str, default_resource_group
         body = ArmError(500, "InternalServerError", f"internal error ({type(exc).__name__}); see the server's log")
         return JSONResponse(body.body(), status_code=500)
 
-    @app.middleware("http")
-    async def audited(request: Request, call_next: Callable) -> Response:
-        response = await call_next(request)
-        if request.method != "GET":
-            audit(config, request, response.status_code)
-        return response
-
     def resource_of(name: str) -> api_state.Resource:
         return api_state.resource(state, name) or api_state.Resource(name, default_subscription,
                                                                      default_resource_group, "local", {}, {})
 
     def found(name: str, sub: str, rg: str) -> stored_templates.Stored:
-        """The stored template at this path (404 if it lives elsewhere or nowhere)."""
+        return found_where(name, sub, rg)[0]
+
+    def found_where(name: str, sub: str, rg: str) -> tuple[stored_templates.Stored, api_state.Resource]:
+        """The stored template at this path and its resource (404 if it lives elsewhere or nowhere)."""
         try:
             saved = stored_templates.get(store(), name)
         except stored_templates.TemplateNotFound:
@@ -89,10 +86,12 @@ def create_app(config: Config, default_subscription: str, default_resource_group
         where = resource_of(saved.name)
         if (where.subscription.lower(), where.resource_group.lower()) != (sub.lower(), rg.lower()):
             raise not_found(f"the image template {name!r} in resource group {rg!r}")
-        return saved
+        return saved, where
 
-    def view(saved: stored_templates.Stored) -> dict[str, Any]:
-        where = resource_of(saved.name)
+    def view(saved: stored_templates.Stored, where: api_state.Resource | None = None,
+             last_run: Any = False) -> dict[str, Any]:
+        """`where`, `last_run`: when the caller has them (a list reads them all at once)."""
+        where = where or resource_of(saved.name)
         redact = redactors.get(saved.sha256)
         if redact is None:
             try:
@@ -102,9 +101,11 @@ def create_app(config: Config, default_subscription: str, default_resource_group
             if len(redactors) > 4096:
                 redactors.clear()
             redactors[saved.sha256] = redact
-        runs = state.runs(saved.name, limit=1)
+        if last_run is False:
+            runs = state.runs(saved.name, limit=1)
+            last_run = runs[0] if runs else None
         return shapes.template_view(redact(saved.body), saved.name, where.subscription, where.resource_group,
-                                    where.location, where.tags, where.identity, runs[0] if runs else None)
+                                    where.location, where.tags, where.identity, last_run)
 
     def async_headers(request: Request, sub: str, location: str, operation_id: str, version: str) -> dict[str, str]:
         url = (f"{str(request.base_url).rstrip('/')}/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/"
@@ -164,7 +165,12 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     @app.get(TEMPLATE)
     def get_template(request: Request, sub: str, rg: str, name: str) -> JSONResponse:
         authorize(state, request, sub, rg)
-        return JSONResponse(view(found(name, sub, rg)))
+        store()
+        row, where, last_run = api_state.lookup(state, name)  # one read: a GET is most of the traffic
+        where = where or resource_of(name)
+        if row is None or (where.subscription.lower(), where.resource_group.lower()) != (sub.lower(), rg.lower()):
+            raise not_found(f"the image template {name!r} in resource group {rg!r}")
+        return JSONResponse(view(stored_templates.Stored(**row), where, last_run))
 
     @app.patch(TEMPLATE)
     async def patch_template(request: Request, sub: str, rg: str, name: str) -> Response:
@@ -220,17 +226,20 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     @app.get(TEMPLATES)
     def list_by_group(request: Request, sub: str, rg: str) -> JSONResponse:
         authorize(state, request, sub, rg)
-        return _page(request, [s for s in stored_templates.listing(store()) if _in(s.name, sub, rg)])
+        where = api_state.resources(state)
+        return _page(request, [s for s in stored_templates.listing(store()) if _in(s.name, sub, rg, where)])
 
     @app.get("/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/imageTemplates")
     def list_by_subscription(request: Request, sub: str) -> JSONResponse:
         caller = authorize(state, request, sub, None, any_group=True)  # a group's token lists its group
-        listed = [s for s in stored_templates.listing(store()) if _in(s.name, sub, None)
-                  and caller.token_scope.covers(shapes.Scope(sub, resource_of(s.name).resource_group))]
+        where = api_state.resources(state)
+        listed = [s for s in stored_templates.listing(store()) if _in(s.name, sub, None, where)
+                  and caller.token_scope.covers(shapes.Scope(sub, (where.get(s.name) or resource_of(s.name))
+                                                             .resource_group))]
         return _page(request, listed)
 
-    def _in(name: str, sub: str, rg: str | None) -> bool:
-        where = resource_of(name)
+    def _in(name: str, sub: str, rg: str | None, resources: dict[str, api_state.Resource]) -> bool:
+        where = resources.get(name) or resource_of(name)
         return where.subscription.lower() == sub.lower() and (rg is None or where.resource_group.lower() == rg.lower())
 
     def _page(request: Request, listed: list[stored_templates.Stored]) -> JSONResponse:
@@ -239,7 +248,9 @@ def create_app(config: Config, default_subscription: str, default_resource_group
         except ValueError:
             raise ArmError(400, "InvalidSkipToken", "$skipToken is not one this server gave") from None
         page = listed[start:start + PAGE_SIZE]
-        body: dict[str, Any] = {"value": [view(s) for s in page]}
+        where, last = api_state.resources(state), api_state.last_runs(state)
+        body: dict[str, Any] = {"value": [view(s, where.get(s.name) or resource_of(s.name), last.get(s.name.lower()))
+                                          for s in page]}
         if start + PAGE_SIZE < len(listed):
             version = request.query_params.get("api-version", "")
             body["nextLink"] = (f"{str(request.url).split('?', 1)[0]}?api-version={version}"

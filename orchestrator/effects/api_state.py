@@ -98,6 +98,27 @@ def resources(state: Any) -> dict[str, Resource]:
         return {row["name"]: _resource(row) for row in db.execute("SELECT * FROM template_resources")}
 
 
+def lookup(state: Any, name: str) -> tuple[dict[str, Any] | None, Resource | None, dict[str, Any] | None]:
+    """A template's row, its resource and its newest run, in one read (a GET's whole question)."""
+    with state._connect() as db:
+        row = db.execute("SELECT * FROM templates WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None, None, None
+        where = db.execute("SELECT * FROM template_resources WHERE name = ?", (row["name"],)).fetchone()
+        run = db.execute("SELECT * FROM runs WHERE template_name = ? COLLATE NOCASE "
+                         "ORDER BY start_time DESC, rowid DESC LIMIT 1", (row["name"],)).fetchone()
+    template = {**dict(row), "parameters": json.loads(row["parameters"] or "{}")}
+    return template, (_resource(where) if where else None), (dict(run) if run else None)
+
+
+def last_runs(state: Any) -> dict[str, dict[str, Any]]:
+    """The newest run of each template, by its name in lower case (as `runs(name, limit=1)`)."""
+    with state._connect() as db:
+        rows = db.execute("SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY lower(template_name) "
+                          "ORDER BY start_time DESC, rowid DESC) AS newest FROM runs) WHERE newest = 1")
+        return {row["template_name"].lower(): {k: row[k] for k in row.keys() if k != "newest"} for row in rows}
+
+
 def _resource(row: Any) -> Resource:
     return Resource(row["name"], row["subscription"], row["resource_group"], row["location"],
                     json.loads(row["tags"]), json.loads(row["identity"]))

@@ -97,10 +97,3 @@ def _zombie(pid: int) -> bool:
 def _end(state: Any, operation: dict[str, Any], status: str, error: dict[str, Any] | None) -> dict[str, Any]:
     api_state.update_operation(state, operation["id"], status=status, error=error)
     return api_state.operation(state, operation["id"]) or operation
-
-
-def stop_children() -> None:
-    """Reaps what has ended (the server's own exit leaves running builds to themselves)."""
-    for pid, child in list(_CHILDREN.items()):
-        if child.poll() is not None:
-            _CHILDREN.pop(pid, None)
