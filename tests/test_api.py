@@ -182,6 +182,13 @@ def test_signed_urls_never_come_back_in_an_answer_or_the_audit_log(server, admin
         answer = _raw(server, "GET", url, admin)
         assert answer.status_code == 200 and "TOPSECRETSIG" not in answer.text and "setup.sh?***" in answer.text
     assert "TOPSECRETSIG" not in (server.home / "audit.log").read_text()
+    body["properties"]["customize"][1]["sha256Checksum"] = "not-a-digest"  # a problem at the signed URL's step
+    refused = _raw(server, "PUT", f"{path}/signed-bad?{API}", admin, json=body)
+    assert refused.status_code == 400 and "TOPSECRETSIG" not in refused.text, refused.text
+    body["properties"]["customize"].pop(1)
+    body["location"] = "west europe"  # a location that is no URL path segment: the operation's URL quotes it
+    with server.client(admin) as client:
+        assert client.virtual_machine_image_templates.begin_create_or_update(GROUP, "spaced", body).result().name
 
 
 def test_a_templates_trigger_is_a_child_resource(server, admin):

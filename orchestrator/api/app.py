@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,7 +17,7 @@ from orchestrator.api import resources as shapes
 from orchestrator.api.errors import ArmError, from_orchestrator, not_found
 from orchestrator.api.guard import Audit, BodyLimit, Caller, authorize, read_json
 from orchestrator.config import Config
-from orchestrator.core.redact import Redactor
+from orchestrator.core.redact import Redactor, scrub
 from orchestrator.effects import api_state
 from orchestrator.effects.state import StateStore
 from orchestrator.errors import OrchestratorError, TemplateInvalid, UsageError
@@ -56,7 +57,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
 
     @app.exception_handler(OrchestratorError)
     async def orchestrator_error(request: Request, exc: OrchestratorError) -> JSONResponse:
-        error = from_orchestrator(exc)
+        error = from_orchestrator(exc, scrub)  # a problem may quote a signed URL as the template wrote it
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -109,7 +110,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
 
     def async_headers(request: Request, sub: str, location: str, operation_id: str, version: str) -> dict[str, str]:
         url = (f"{str(request.base_url).rstrip('/')}/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/"
-               f"locations/{location or 'local'}/operations/{operation_id}?api-version={version}")
+               f"locations/{quote(location or 'local', safe='')}/operations/{operation_id}?api-version={version}")
         return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": RETRY_AFTER}
 
     # --- templates ---------------------------------------------------------------------------
