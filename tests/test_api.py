@@ -166,6 +166,7 @@ def test_bad_requests_get_arm_errors_never_a_500(server, admin, sub):
     assert wrong_form.status_code == 401 and wrong_form.json()["error"]["code"] == "InvalidAuthenticationToken"
     nobody = _raw(server, "GET", f"{base}?{API}", None)
     assert nobody.status_code == 401 and nobody.headers["WWW-Authenticate"].startswith("Bearer")
+    assert nobody.headers["Server-Timing"].startswith("app;dur=")  # the server's own time, for bench_api
     chunked = _raw(server, "PUT", f"{base}/big?{API}", admin, data=(b" " * 2**20 for _ in range(5)))
     assert chunked.status_code == 413  # no Content-Length: counted as it streams in
 

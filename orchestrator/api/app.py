@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.api import resources as shapes
 from orchestrator.api.errors import ArmError, from_orchestrator, not_found
-from orchestrator.api.guard import Audit, BodyLimit, Caller, authorize, read_json
+from orchestrator.api.guard import Audit, BodyLimit, Caller, Timing, authorize, read_json
 from orchestrator.config import Config
 from orchestrator.core.redact import Redactor, scrub
 from orchestrator.effects import api_state
@@ -38,7 +38,8 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     state = StateStore(config.ensure().db_path)
     app.add_middleware(BodyLimit)
-    app.add_middleware(Audit, config=config)  # outermost: a 413 is audited too
+    app.add_middleware(Audit, config=config)  # a 413 is audited too
+    app.add_middleware(Timing)
 
     recovered = [0.0]
     redactors: dict[str, Redactor] = {}  # by the stored template's sha256: parsing one per GET costs

@@ -110,6 +110,27 @@ class BodyLimit:
             await _too_large(send)
 
 
+class Timing:
+    """`Server-Timing: app;dur=MS` on every answer: how long the server took from the request's
+    arrival to its answer's start (a client on a busy host measures its own waits too)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+
+        async def timed(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                spent = f"app;dur={(time.perf_counter() - started) * 1000:.2f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", spent)]}
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
 class _TooLarge(Exception):
     pass
 
