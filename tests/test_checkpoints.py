@@ -65,7 +65,7 @@ def _run_guest_script(tmp_path: Path, script: str, system_state: str, timeout: f
 
 
 def test_a_guest_going_down_waits_for_its_reboot_and_is_never_checkpointed(tmp_path):
-    from orchestrator.core.checkpoint_steps import guest_checkpoint_script, guest_settle_script
+    from orchestrator.core.checkpoint_steps import GOING_DOWN, guest_checkpoint_script, guest_settle_script
 
     assert _run_guest_script(tmp_path, guest_settle_script(), "running", 10).returncode == 0
     assert _run_guest_script(tmp_path, guest_settle_script(), "degraded", 10).returncode == 0
@@ -74,13 +74,17 @@ def test_a_guest_going_down_waits_for_its_reboot_and_is_never_checkpointed(tmp_p
     assert b"the guest is going down" in waited.value.stdout
     refused = _run_guest_script(tmp_path, guest_checkpoint_script(1), "stopping", 10)
     assert refused.returncode == 1 and "no checkpoint of a guest shutting down" in refused.stderr
-    # `systemctl reboot` has returned, the state still says running: the queued job counts
+    # `systemctl reboot` has returned, the state still says running: the queued job counts.
+    # (The checkpoint script itself is never run past its check here: it would copy this host's
+    # /tmp into /var/lib/orchestrator.)
     queued = "42 reboot.target start waiting"
     with pytest.raises(subprocess.TimeoutExpired):
         _run_guest_script(tmp_path, guest_settle_script(), "running", 2, jobs=queued)
     assert _run_guest_script(tmp_path, guest_checkpoint_script(1), "running", 10, jobs=queued).returncode == 1
-    assert _run_guest_script(tmp_path, guest_checkpoint_script(1), "running", 10,
-                             jobs="7 apt-daily.service start waiting").returncode == 0
+    probe = f"if {GOING_DOWN}; then echo down; else echo up; fi\n"
+    assert _run_guest_script(tmp_path, probe, "running", 10, jobs="7 apt-daily.service start waiting").stdout == "up\n"
+    assert _run_guest_script(tmp_path, probe, "degraded", 10).stdout == "up\n"
+    assert _run_guest_script(tmp_path, probe, "running", 10, jobs="3 poweroff.target start waiting").stdout == "down\n"
 
 
 def test_a_resumed_build_skips_the_checkpointed_steps_and_starts_with_the_resume_step(tmp_path):
