@@ -3,12 +3,15 @@ each checkpoint, and a resume or a rebuild continues that VM instead of booting 
 proves it: each customizer appends its name to a counter file (the VHD holds each once), the
 last step prints the guest's clock (within 2 s of the host's after the restore) and 16 bytes of
 /dev/urandom (two restores of one state differ). A state that does not fit this build (another
-memory size) is refused before QEMU starts and the build resumes cold from the layer."""
+memory size) is refused before QEMU starts and the build resumes cold from the layer; one that
+passes every check but does not load makes the run start again, cold, from the same layer."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -156,3 +159,24 @@ def test_warm_resume_and_rebuild_continue_the_saved_vm(tmp_path, imported_home):
     assert _clock_skew(log6, r"\[resume\].*warm restore of checkpoint 0: clock") < 2.0, log6
     image = Ext4Image(Path(sixth["runOutputs"][0]["properties"]["path"]))
     assert image.read("/opt/ck/steps") == b"one-other\ntwo\nthree\nfour\n"
+
+    # a state that passes every check but does not load (its bytes damaged, its digest updated to
+    # match): QEMU refuses it at start; the run says so and builds cold from the same layer
+    [saved] = [c for c in json.loads(_cli("checkpoints", "list", "--json", home=home).stdout)["checkpoints"]
+               if c["stepIndex"] == 3 and c["warm"] and c["template"] == "warm"]
+    state_file = Path(saved["path"] + ".state.zst")
+    damaged = bytearray(state_file.read_bytes())
+    damaged[4096:8192] = os.urandom(4096)  # early: QEMU fails within Packer's 2 s start check
+    state_file.write_bytes(bytes(damaged))
+    with sqlite3.connect(imported_home.db_path) as db:
+        db.execute("UPDATE warm_states SET sha256 = ? WHERE path = ?",
+                   (hashlib.sha256(bytes(damaged)).hexdigest(), str(state_file)))
+    path.write_text(_template(THREE, _sample("four-after-damage")))
+    fallback = _cli("build", "--json", str(path), home=home)
+    assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+    seventh = json.loads(fallback.stdout)
+    log7 = Path(seventh["log"]).read_text()
+    assert "the warm start did not come up" in log7 and "a cold start from the same checkpoint instead" in log7
+    assert state.run(seventh["runId"])["start_mode"] == "cold"
+    image = Ext4Image(Path(seventh["runOutputs"][0]["properties"]["path"]))
+    assert image.read("/opt/ck/steps") == b"one\ntwo\nthree\nfour-after-damage\n"
