@@ -54,9 +54,9 @@ def refresh(state: Any, operation: dict[str, Any]) -> dict[str, Any]:
     if run is not None and operation.get("run_id") != run["id"]:
         api_state.update_operation(state, operation["id"], run_id=run["id"])
         operation = {**operation, "run_id": run["id"]}
-    if alive:
-        return operation
-    if run is not None and run["run_state"] not in ("Running", "Canceling"):
+    if alive or (run is not None and run["run_state"] in ("Running", "Canceling")):
+        return operation  # a run whose process died is ended by recovery; the next look reports it
+    if run is not None:
         status = STATUS_OF_RUN[run["run_state"]]
         error = None if status in ("Succeeded", "Canceled") else {
             "code": run["run_state"] if run["run_state"] == "PartiallySucceeded" else "RunFailed",
