@@ -98,7 +98,7 @@ def _list(args: argparse.Namespace, config: Config) -> int:
         print(f"{cp.key[:KEY_PREFIX]}  {cp.template_name[:20]:20} {step[:24]:24} {_mib(cp.size_bytes):>11} "
               f"{'warm' if cp.warm else 'cold':5} {_mib(cp.state_bytes) if cp.warm else '-':>10} "
               f"{_ago(cp.created_at, now):>5} {_ago(cp.last_used_at, now):>5}  {cp.run_id}{flag}")
-    shown_total = sum(cp.size_bytes + cp.state_bytes for cp in rows)
+    shown_total = sum(cp.total_bytes for cp in rows)
     scope = f" of template {args.template}" if args.template else ""
     print(f"{len(rows)} checkpoint(s){scope}, {_mib(shown_total)}; all checkpoints take {_mib(total)} of the "
           f"{_cap(config)} cap" + ("" if config.checkpoints_enabled else " (checkpoints are disabled)"))
@@ -113,7 +113,7 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
     store = _store(config, write=True)
     report = store.prune(args.template, args.older_than, args.all)
     failed = [r for r in report.removed if r.error]
-    freed = sum(r.checkpoint.size_bytes + r.checkpoint.state_bytes for r in report.removed if r.checkpoint and not r.error)
+    freed = sum(r.checkpoint.total_bytes for r in report.removed if r.checkpoint and not r.error)
     total = store.total_bytes()
     if args.json:
         emit({"ok": not failed,

@@ -18,7 +18,7 @@ from orchestrator.core.redact import Redactor
 from orchestrator.errors import ExitCode, UsageError
 from orchestrator.service import templates as stored_templates
 from orchestrator.service.recovery import is_dead, recover
-from orchestrator.service.runs import ACTIVE
+from orchestrator.service.runs import ACTIVE, last_run_status
 
 FOLLOW_POLL_SECONDS = 0.2
 
@@ -31,17 +31,6 @@ def store(config: Config):
     state = StateStore(config.ensure().db_path)
     recover(config, state, lambda line: print(f"recovered: {line}", file=sys.stderr))
     return state
-
-
-def last_run_status(run: dict[str, Any] | None) -> dict[str, Any] | None:
-    if run is None:
-        return None
-
-    def stamp(t: float | None) -> str | None:
-        return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-    return {"startTime": stamp(run["start_time"]), "endTime": stamp(run["end_time"]), "runState": run["run_state"],
-            "runSubState": run["run_sub_state"], "message": run["message"] or ""}
 
 
 # --- building -------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_a_warm_base_is_the_checkpoint_of_the_booted_vm_before_the_first_customi
 
 def test_a_warm_start_restores_the_state_and_first_makes_the_guest_right(tmp_path, packer):
     plan = CheckpointPlan(("hook",), 0, str(tmp_path / "q.sock"), warm=True, incoming="/ck/base.state.zst",
-                          random_hex="ab" * 64, resumed=True)  # from a warm base: every customizer runs
+                          random_hex="ab" * 64, from_base=True)  # from a warm base: every customizer runs
     _, rendered, work = _render_with(tmp_path, plan)
     sources = [b.source for b in rendered.provisioners]
     assert sources[0] == "resume" and sources[1] == "customizer:one"

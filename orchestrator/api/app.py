@@ -24,6 +24,7 @@ from orchestrator.errors import OrchestratorError, TemplateInvalid, UsageError
 from orchestrator.service import operations
 from orchestrator.service import templates as stored_templates
 from orchestrator.service.recovery import recover
+from orchestrator.service.runs import ACTIVE
 
 TEMPLATES = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates"
 TEMPLATE = TEMPLATES + "/{name}"
@@ -79,16 +80,17 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     def found(name: str, sub: str, rg: str) -> stored_templates.Stored:
         return found_where(name, sub, rg)[0]
 
-    def found_where(name: str, sub: str, rg: str) -> tuple[stored_templates.Stored, api_state.Resource]:
-        """The stored template at this path and its resource (404 if it lives elsewhere or nowhere)."""
-        try:
-            saved = stored_templates.get(store(), name)
-        except stored_templates.TemplateNotFound:
-            raise not_found(f"the image template {name!r} in resource group {rg!r}") from None
-        where = resource_of(saved.name)
-        if (where.subscription.lower(), where.resource_group.lower()) != (sub.lower(), rg.lower()):
+    def found_where(name: str, sub: str, rg: str) -> tuple[stored_templates.Stored, api_state.Resource, Any]:
+        """The stored template at this path, its resource and its newest run, in one read (404 if
+        it lives elsewhere or nowhere)."""
+        row, where, last_run = api_state.lookup(store(), name)
+        where = where or (resource_of(name) if row else None)
+        if row is None or not _at(where, sub, rg):
             raise not_found(f"the image template {name!r} in resource group {rg!r}")
-        return saved, where
+        return stored_templates.Stored(**row), where, last_run
+
+    def active_runs(name: str) -> list[dict[str, Any]]:
+        return [r for r in state.runs(name, limit=5) if r["run_state"] in ACTIVE]
 
     def view(saved: stored_templates.Stored, where: api_state.Resource | None = None,
              last_run: Any = False) -> dict[str, Any]:
@@ -136,7 +138,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
             current = None
         if current is not None:
             where = existing or resource_of(name)
-            if (where.subscription.lower(), where.resource_group.lower()) != (sub.lower(), rg.lower()):
+            if not _at(where, sub, rg):
                 raise ArmError(409, "Conflict", f"an image template {name!r} exists in resource group "
                                f"{where.resource_group!r}: template names are unique on this host")
         resource = api_state.Resource(name, sub, rg, str(body.get("location") or "local"),
@@ -167,12 +169,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     @app.get(TEMPLATE)
     def get_template(request: Request, sub: str, rg: str, name: str) -> JSONResponse:
         authorize(state, request, sub, rg)
-        store()
-        row, where, last_run = api_state.lookup(state, name)  # one read: a GET is most of the traffic
-        where = where or resource_of(name)
-        if row is None or (where.subscription.lower(), where.resource_group.lower()) != (sub.lower(), rg.lower()):
-            raise not_found(f"the image template {name!r} in resource group {rg!r}")
-        return JSONResponse(view(stored_templates.Stored(**row), where, last_run))
+        return JSONResponse(view(*found_where(name, sub, rg)))  # one read: a GET is most of the traffic
 
     @app.patch(TEMPLATE)
     async def patch_template(request: Request, sub: str, rg: str, name: str) -> Response:
@@ -186,8 +183,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
                            "properties.vmProfile and properties.distribute",
                            details=[{"code": "UpdateNotAllowed", "message": f"{key} cannot be changed", "target": key}
                                     for key in refused])
-        saved = found(name, sub, rg)
-        where = resource_of(saved.name)
+        saved, where, _ = found_where(name, sub, rg)
         document = json.loads(saved.body)
         if "resources" in document:
             raise ArmError(409, "Conflict", f"{name!r} was stored from an ARM deployment by the CLI: change it "
@@ -211,10 +207,9 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     def delete_template(request: Request, sub: str, rg: str, name: str) -> Response:
         caller = authorize(state, request, sub, rg, write=True)
         try:
-            saved = found(name, sub, rg)
+            saved, where, _ = found_where(name, sub, rg)
         except ArmError:
             return Response(status_code=204)  # ARM: deleting what is not there succeeds
-        where = resource_of(saved.name)
         try:
             stored_templates.delete(config, state, saved.name)
         except stored_templates.TemplateNotFound:
@@ -241,8 +236,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
         return _page(request, listed)
 
     def _in(name: str, sub: str, rg: str | None, resources: dict[str, api_state.Resource]) -> bool:
-        where = resources.get(name) or resource_of(name)
-        return where.subscription.lower() == sub.lower() and (rg is None or where.resource_group.lower() == rg.lower())
+        return _at(resources.get(name) or resource_of(name), sub, rg)
 
     def _page(request: Request, listed: list[stored_templates.Stored]) -> JSONResponse:
         try:
@@ -263,27 +257,27 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     @app.post(TEMPLATE + "/run")
     def run_template(request: Request, sub: str, rg: str, name: str) -> Response:
         caller = authorize(state, request, sub, rg, write=True)
-        saved = found(name, sub, rg)
-        active = [r for r in state.runs(saved.name, limit=5) if r["run_state"] in ("Running", "Canceling")]
+        saved, where, _ = found_where(name, sub, rg)
+        active = active_runs(saved.name)
         if active:
             raise ArmError(409, "Conflict", f"image template {name!r} has a run in progress ({active[0]['id']})")
         operation = operations.start_run(config, state, saved.name, _scope(sub, rg))
-        return Response(status_code=202, headers=async_headers(request, sub, resource_of(saved.name).location,
-                                                               operation, caller.api_version))
+        return Response(status_code=202, headers=async_headers(request, sub, where.location, operation,
+                                                               caller.api_version))
 
     @app.post(TEMPLATE + "/cancel")
     def cancel_template(request: Request, sub: str, rg: str, name: str) -> Response:
         from orchestrator.service.cancel import cancel_run
 
         caller = authorize(state, request, sub, rg, write=True)
-        saved = found(name, sub, rg)
-        active = [r for r in store().runs(saved.name, limit=5) if r["run_state"] in ("Running", "Canceling")]
+        saved, where, _ = found_where(name, sub, rg)  # recovers dead runs first: they are not canceled
+        active = active_runs(saved.name)
         if not active:
             raise ArmError(409, "Conflict", f"image template {name!r} has no run in progress to cancel")
         result = cancel_run(state, active[0], store)
         operation = api_state.start_operation(state, "cancel", saved.name, _scope(sub, rg), run_id=result.run_id)
-        return Response(status_code=202, headers=async_headers(request, sub, resource_of(saved.name).location,
-                                                               operation, caller.api_version))
+        return Response(status_code=202, headers=async_headers(request, sub, where.location, operation,
+                                                               caller.api_version))
 
     @app.get(TEMPLATE + "/runOutputs")
     def run_outputs(request: Request, sub: str, rg: str, name: str) -> JSONResponse:
@@ -325,3 +319,8 @@ def create_app(config: Config, default_subscription: str, default_resource_group
 
 def _scope(sub: str, rg: str) -> str:
     return shapes.Scope(sub, rg).path
+
+
+def _at(where: api_state.Resource, sub: str, rg: str | None) -> bool:
+    """The resource is in this subscription (and resource group): ARM compares them case-insensitively."""
+    return where.subscription.lower() == sub.lower() and (rg is None or where.resource_group.lower() == rg.lower())

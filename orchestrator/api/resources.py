@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.fields import KNOWN_API_VERSIONS
+from orchestrator.service.runs import last_run_status
 
 PROVIDER = "Microsoft.VirtualMachineImages"
 TEMPLATE_TYPE = f"{PROVIDER}/imageTemplates"
@@ -70,13 +71,6 @@ def template_document(body: dict[str, Any], api_version: str) -> str:
 
 def _stamp(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def last_run_status(run: dict[str, Any] | None) -> dict[str, Any] | None:
-    if run is None:
-        return None
-    return {"startTime": _stamp(run["start_time"]), "endTime": _stamp(run["end_time"]), "runState": run["run_state"],
-            "runSubState": run["run_sub_state"], "message": run["message"] or ""}
 
 
 def template_view(body: str, name: str, subscription: str, resource_group: str, location: str,

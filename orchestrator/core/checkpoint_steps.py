@@ -38,7 +38,12 @@ class CheckpointPlan:
     incoming: str = ""  # the saved state this build restores (a warm start); "" boots
     random_hex: str = ""  # host random bytes for the restored guest's RNG
     base: bool = False  # also a (warm) checkpoint of the booted VM before the first customizer
-    resumed: bool = False  # the build starts on a checkpoint (a warm base is one, at position 0)
+    from_base: bool = False  # the build starts on a warm base (the checkpoint at position 0)
+
+    @property
+    def resumed(self) -> bool:
+        """The build starts on a checkpoint: after a customizer, or a warm base."""
+        return self.start_after > 0 or self.from_base
 
 
 def guest_settle_script() -> str:

@@ -131,7 +131,7 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
     blocks: list[ProvisionerBlock] = []
     work = Path(ctx.work_dir)
     checkpoints = ctx.checkpoints
-    if checkpoints and (checkpoints.resumed or checkpoints.start_after):
+    if checkpoints and checkpoints.resumed:
         files["steps/00-resume.sh"] = (
             warm_resume_script(checkpoints.start_after, checkpoints.random_hex) if checkpoints.incoming
             else resume_script(BUILD_USER, ctx.ssh_public_key))

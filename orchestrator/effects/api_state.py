@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.effects.state import template_record
+
 TOKEN_PREFIX = "orch_"  # a token says what it is when it turns up in a shell history or a log
 
 
@@ -82,11 +84,6 @@ def put_resource(db: Any, resource: Resource) -> None:
         json.dumps(resource.tags), json.dumps(resource.identity)))
 
 
-def save_resource(state: Any, resource: Resource) -> None:
-    with state.immediate() as db:
-        put_resource(db, resource)
-
-
 def resource(state: Any, name: str) -> Resource | None:
     with state._connect() as db:
         row = db.execute("SELECT * FROM template_resources WHERE name = ?", (name,)).fetchone()
@@ -107,8 +104,7 @@ def lookup(state: Any, name: str) -> tuple[dict[str, Any] | None, Resource | Non
         where = db.execute("SELECT * FROM template_resources WHERE name = ?", (row["name"],)).fetchone()
         run = db.execute("SELECT * FROM runs WHERE template_name = ? COLLATE NOCASE "
                          "ORDER BY start_time DESC, rowid DESC LIMIT 1", (row["name"],)).fetchone()
-    template = {**dict(row), "parameters": json.loads(row["parameters"] or "{}")}
-    return template, (_resource(where) if where else None), (dict(run) if run else None)
+    return template_record(dict(row)), (_resource(where) if where else None), (dict(run) if run else None)
 
 
 def last_runs(state: Any) -> dict[str, dict[str, Any]]:

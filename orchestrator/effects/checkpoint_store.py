@@ -59,8 +59,13 @@ class Checkpoint:
     def warm(self) -> bool:
         return self.state_bytes > 0
 
+    @property
+    def total_bytes(self) -> int:
+        """The layer and its warm state: what it takes on disk and in the cap."""
+        return self.size_bytes + self.state_bytes
+
     def layer(self) -> pick.Layer:
-        return pick.Layer(self.path, self.parent, self.size_bytes + self.state_bytes, self.last_used_at,
+        return pick.Layer(self.path, self.parent, self.total_bytes, self.last_used_at,
                           self.created_at)
 
     def describe(self) -> str:

@@ -245,11 +245,11 @@ class StateStore:
     def template(self, name: str) -> dict[str, Any] | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM templates WHERE name = ?", (name,)).fetchone()
-        return _template(dict(row)) if row else None
+        return template_record(dict(row)) if row else None
 
     def templates(self) -> list[dict[str, Any]]:
         with self._connect() as db:
-            return [_template(dict(row)) for row in db.execute("SELECT * FROM templates ORDER BY name")]
+            return [template_record(dict(row)) for row in db.execute("SELECT * FROM templates ORDER BY name")]
 
     def delete_template(self, name: str) -> tuple[str, list[dict[str, Any]]]:
         """Removes a stored template and its run records in one transaction: ("deleted", runs),
@@ -289,5 +289,6 @@ def _output(row: dict[str, Any], internal: bool = False) -> dict[str, Any]:
     }
 
 
-def _template(row: dict[str, Any]) -> dict[str, Any]:
+def template_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A templates row with its parameters decoded."""
     return {**row, "parameters": json.loads(row["parameters"] or "{}")}

@@ -187,7 +187,7 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
     render = CheckpointPlan(hook, start_after, manifest["qmp_socket"], warm=machine is not None,
                             incoming=warm_from.path if warm_from else "",
                             random_hex=secrets_module.token_hex(64) if warm_from else "", base=take_base,
-                            resumed=start is not None)
+                            from_base=start is not None and not start_after)
     return CheckpointRun(render, render_plan, manifest, start_after, start.path if start else None, machine, warm_from)
 
 

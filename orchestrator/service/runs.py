@@ -35,6 +35,18 @@ class AlreadyCanceling(UsageError):
     pass
 
 
+def last_run_status(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run as AIB's `lastRunStatus` shows it (the CLI's `template show`, the REST API)."""
+    if run is None:
+        return None
+
+    def stamp(t: float | None) -> str | None:
+        return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    return {"startTime": stamp(run["start_time"]), "endTime": stamp(run["end_time"]), "runState": run["run_state"],
+            "runSubState": run["run_sub_state"], "message": run["message"] or ""}
+
+
 def next_state(current: str, event: str, run_id: str = "the run") -> str:
     """The runState after `event`; an event that does not apply raises with what to do."""
     if current in ENDED:
