@@ -18,8 +18,6 @@ RESOURCE_GROUP = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")  # ARM: 1-90, not endi
 # what AIB's update (PATCH) may change; any other property is refused as AIB refuses it
 PATCHABLE = ("tags", "identity", "properties.vmProfile", "properties.distribute")
 STAGING_PREFIX = "IT_"  # AIB's staging resource group: IT_<rg>_<template>_<guid>
-STATUS_OF_RUN = {"Running": "InProgress", "Canceling": "InProgress", "Succeeded": "Succeeded",
-                 "PartiallySucceeded": "Failed", "Failed": "Failed", "Canceled": "Canceled"}
 
 
 @dataclass(frozen=True)

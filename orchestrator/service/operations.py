@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.api.resources import STATUS_OF_RUN
 from orchestrator.config import Config
 from orchestrator.effects import api_state
 from orchestrator.effects.proc import process_start_time
 
+# an operation's status, as ARM reports it, for its run's runState
+STATUS_OF_RUN = {"Running": "InProgress", "Canceling": "InProgress", "Succeeded": "Succeeded",
+                 "PartiallySucceeded": "Failed", "Failed": "Failed", "Canceled": "Canceled"}
 _CHILDREN: dict[int, subprocess.Popen] = {}  # reaped when their operation is next looked at
 
 
