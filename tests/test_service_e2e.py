@@ -230,9 +230,11 @@ def test_a_capacity_queue_cancel_while_queued_and_fetching_and_secrets_never_sho
 
         row_a = canceled(imported_home, home, a, run_a["id"])
         assert "canceled while fetching" in row_a["message"], row_a["message"]
-        assert not list(imported_home.cache_dir.rglob("*.part*"))
+        # A's partial download is gone (B, admitted now, may be writing its own this moment)
+        assert not list(imported_home.cache_dir.rglob(f"*.part-{a.proc.pid}"))
 
         assert b.wait() == 0, b.stderr[-3000:]
+        assert not list(imported_home.cache_dir.rglob("*.part*"))
     finally:
         for process in (a, b, c):
             if process is not None:
