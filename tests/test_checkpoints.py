@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -28,12 +29,9 @@ def test_a_checkpoint_follows_each_customizer_and_packer_accepts_it(tmp_path, pa
     hook = (sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(tmp_path / "checkpoints.json"))
     _, rendered, work = _render_with(tmp_path, CheckpointPlan(hook, 0, str(tmp_path / "q.sock")))
     sources = [(b.source, b.kind) for b in rendered.provisioners]
-    assert sources[:4] == [("customizer:one", "shell"), ("checkpoint:one", "shell"), ("checkpoint:one", "shell"),
-                           ("checkpoint:one", "shell-local")]
-    settle, guest = rendered.provisioners[1], rendered.provisioners[2]
-    assert dict(settle.attrs)["expect_disconnect"] is True  # a rebooting guest's end is this step's success
-    assert "expect_disconnect" not in dict(guest.attrs)  # a lost connection here fails: no checkpoint of it
-    assert [s for s, _ in sources].count("checkpoint:three") == 3 and sources[-1][0] == "generalize"
+    # one host step: the hook itself flushes the guest over SSH, then freezes (no guest steps)
+    assert sources[:3] == [("customizer:one", "shell"), ("checkpoint:one", "shell-local"), ("customizer:two", "shell")]
+    assert [s for s, _ in sources].count("checkpoint:three") == 1 and sources[-1][0] == "generalize"
     assert f'"unix:{tmp_path}/q.sock,server,nowait"' in rendered.hcl
     host = (work / "steps/03-three.checkpoint-host.sh").read_text()
     assert host.endswith(f"orchestrator.effects.checkpoint_hook {tmp_path}/checkpoints.json 3\n")
@@ -64,27 +62,41 @@ def _run_guest_script(tmp_path: Path, script: str, system_state: str, timeout: f
     return subprocess.CompletedProcess(process.args, process.returncode, out.decode(), err.decode())
 
 
-def test_a_guest_going_down_waits_for_its_reboot_and_is_never_checkpointed(tmp_path):
-    from orchestrator.core.checkpoint_steps import GOING_DOWN, guest_checkpoint_script, guest_settle_script
+def test_a_guest_going_down_is_never_checkpointed_and_says_so(tmp_path):
+    from orchestrator.core.checkpoint_steps import GOING_DOWN, GOING_DOWN_EXIT, guest_prepare_script
 
-    assert _run_guest_script(tmp_path, guest_settle_script(), "running", 10).returncode == 0
-    assert _run_guest_script(tmp_path, guest_settle_script(), "degraded", 10).returncode == 0
-    with pytest.raises(subprocess.TimeoutExpired) as waited:  # it waits for the connection to drop
-        _run_guest_script(tmp_path, guest_settle_script(), "stopping", 2)
-    assert b"the guest is going down" in waited.value.stdout
-    refused = _run_guest_script(tmp_path, guest_checkpoint_script(1), "stopping", 10)
-    assert refused.returncode == 1 and "no checkpoint of a guest shutting down" in refused.stderr
-    # `systemctl reboot` has returned, the state still says running: the queued job counts.
-    # (The checkpoint script itself is never run past its check here: it would copy this host's
-    # /tmp into /var/lib/orchestrator.)
+    # (The script is never run past its check here: it would copy this host's /tmp into
+    # /var/lib/orchestrator. tests/test_checkpoint_e2e.py runs it in a real guest.)
+    down = _run_guest_script(tmp_path, guest_prepare_script(1), "stopping", 10)
+    assert down.returncode == GOING_DOWN_EXIT and "the guest is going down (boot " in down.stdout
+    # `systemctl reboot` has returned, the state still says running: the queued job counts
     queued = "42 reboot.target start waiting"
-    with pytest.raises(subprocess.TimeoutExpired):
-        _run_guest_script(tmp_path, guest_settle_script(), "running", 2, jobs=queued)
-    assert _run_guest_script(tmp_path, guest_checkpoint_script(1), "running", 10, jobs=queued).returncode == 1
+    assert _run_guest_script(tmp_path, guest_prepare_script(1), "running", 10, jobs=queued).returncode == GOING_DOWN_EXIT
     probe = f"if {GOING_DOWN}; then echo down; else echo up; fi\n"
     assert _run_guest_script(tmp_path, probe, "running", 10, jobs="7 apt-daily.service start waiting").stdout == "up\n"
     assert _run_guest_script(tmp_path, probe, "degraded", 10).stdout == "up\n"
     assert _run_guest_script(tmp_path, probe, "running", 10, jobs="3 poweroff.target start waiting").stdout == "down\n"
+    assert "echo 1 > /var/lib/orchestrator/checkpoint" in guest_prepare_script(1) and "\nsync\n" in guest_prepare_script(1)
+
+
+def test_the_hook_finds_the_port_qemu_forwards_to_the_guests_ssh(tmp_path):
+    from orchestrator.effects.checkpoint_guest import GuestNotReady, forwarded_ssh_port
+
+    disk, sock = tmp_path / "disk.qcow2", tmp_path / "q.sock"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    with socket.socket() as probe:  # a free port now; QEMU binds it below
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    qemu = start_qemu(disk, sock, "-netdev", f"user,id=user.0,hostfwd=tcp:127.0.0.1:{port}-:22",
+                      "-device", "virtio-net,netdev=user.0")
+    try:
+        usernet = qmp(sock, "human-monitor-command", **{"command-line": "info usernet"})
+        assert forwarded_ssh_port(usernet) == port
+    finally:
+        qemu.kill()
+        qemu.wait()
+    with pytest.raises(GuestNotReady, match="forwards no host port"):
+        forwarded_ssh_port("Hub -1 (user.0):\n  Protocol[State]    FD  Source Address  Port\n")
 
 
 def test_a_resumed_build_skips_the_checkpointed_steps_and_starts_with_the_resume_step(tmp_path):
@@ -100,9 +112,8 @@ def test_a_warm_base_is_the_checkpoint_of_the_booted_vm_before_the_first_customi
     plan = CheckpointPlan(("hook", "manifest.json"), 0, str(tmp_path / "q.sock"), warm=True, base=True)
     _, rendered, work = _render_with(tmp_path, plan)
     sources = [b.source for b in rendered.provisioners]
-    assert sources[:3] == ["checkpoint:(boot)"] * 2 + ["customizer:one"]  # nothing resumed: no resume step
+    assert sources[:2] == ["checkpoint:(boot)", "customizer:one"]  # nothing resumed: no resume step
     assert (work / "steps/00-boot.checkpoint-host.sh").read_text().endswith("hook manifest.json 0\n")
-    assert "echo 0 > /var/lib/orchestrator/checkpoint" in (work / "steps/00-boot.checkpoint.sh").read_text()
     assert '"migration.store-global-state=off"' in rendered.hcl and "-incoming" not in rendered.hcl
     result = subprocess.run([packer, "validate", str(work / "build.pkr.hcl")], capture_output=True, text=True, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -255,4 +266,6 @@ def test_a_failing_hook_says_what_failed(tmp_path):
                                                                                   "path": str(tmp_path / "k.qcow2")}}}))
     done = subprocess.run([sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(manifest), "1"],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "orchestrator-checkpoint: failed after step 1: FileNotFoundError" in done.stderr
+    assert done.returncode == 1  # no QEMU monitor there: said before any file is touched
+    assert "orchestrator-checkpoint: failed after step 1: ConnectError" in done.stderr and "No such file" in done.stderr
+    assert not (tmp_path / "k.qcow2").exists()

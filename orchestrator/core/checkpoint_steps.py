@@ -2,12 +2,15 @@
 a build resumed from a checkpoint (no I/O: render.py places them, effects/checkpoint_hook.py
 is what the host side runs).
 
-After a customizer: the guest keeps a copy of /tmp (Debian empties /tmp at every boot, so a
-build resumed from this checkpoint would lose a File step's upload or a deprovisioning override
-script written there) and flushes its file systems; then a shell-local step on the host freezes
-the disk's current top layer through QEMU's monitor and gives the VM a new overlay, without a
-reboot and without copying the disk. A resumed build first puts /tmp back and leaves only this
-run's key in the build user's authorized_keys."""
+After a customizer, one shell-local step on the host: over one SSH connection of its own the
+guest keeps a copy of /tmp (Debian empties /tmp at every boot, so a build resumed from this
+checkpoint would lose a File step's upload or a deprovisioning override script written there)
+and flushes its file systems (guest_prepare_script; a guest going down is asked again on its
+new boot); then the hook freezes the disk's current top layer through QEMU's monitor and gives
+the VM a new overlay, without a reboot and without copying the disk. One SSH exec instead of
+Packer's two shell steps (upload, chmod, run and remove each) is most of a checkpoint's cost
+under TCG. A resumed build first puts /tmp back and leaves only this run's key in the build
+user's authorized_keys."""
 from __future__ import annotations
 
 import shlex
@@ -17,7 +20,8 @@ SAVED_TMP = "/var/lib/orchestrator/tmp"
 MARKER = "/var/lib/orchestrator/checkpoint"  # the position of the last checkpoint: a warm restore checks it
 HOOK_MARK = "orchestrator-checkpoint:"
 BASE_NAME = "(boot)"  # the step name of a warm base: the checkpoint at position 0
-REBOOT_WAIT_SECONDS = 300  # a guest that takes longer to go down fails the step, said so
+REBOOT_WAIT_SECONDS = 300  # a guest that takes longer to reboot fails the checkpoint, said so
+GOING_DOWN_EXIT = 75  # guest_prepare_script's answer for a guest going down (EX_TEMPFAIL: ask again)
 # A guest is going down once systemd says "stopping", or as soon as a reboot or power-off job is
 # queued: `systemctl reboot` returns before the state changes, and a check run at once would
 # still see "running".
@@ -46,33 +50,21 @@ class CheckpointPlan:
         return self.start_after > 0 or self.from_base
 
 
-def guest_settle_script() -> str:
-    """Runs first after a customizer (with expect_disconnect): a customizer that rebooted the VM
-    returns as soon as the reboot is queued, and Packer's next command may still reach the guest
-    that is going down. Here that guest waits for its own end (the disconnect ends this step),
-    so that the checkpoint is taken on the new boot, never on a guest shutting down."""
+def guest_prepare_script(position: int) -> str:
+    """What the host's checkpoint hook runs in the guest over SSH (as root, on stdin) before it
+    freezes the disk. A guest that is going down (a customizer rebooted it) is never
+    checkpointed: the script says so and exits GOING_DOWN_EXIT, and the hook asks again on the
+    new boot."""
     return f"""#!/bin/sh
-# After a customizer, before its checkpoint: a guest that is going down (a customizer rebooted
-# it) waits here for its end; Packer reconnects to the new boot for the next step.
-if {GOING_DOWN}; then
-    echo "{HOOK_MARK} the guest is going down (boot $(cat /proc/sys/kernel/random/boot_id)): waiting for its reboot"
-    sleep {REBOOT_WAIT_SECONDS}
-    echo "{HOOK_MARK} the guest is still going down after {REBOOT_WAIT_SECONDS} s" >&2
-    exit 1
-fi
-"""
-
-
-def guest_checkpoint_script(position: int) -> str:
-    return f"""#!/bin/sh
-# Runs as root after a customizer, before the host freezes the disk: keep /tmp for a resumed
-# build (the boot of a resumed build empties /tmp), then flush everything to the disk.
+# Before the host freezes the disk: keep /tmp for a resumed build (the boot of a resumed build
+# empties /tmp), then flush everything to the disk.
 set -e
+boot=$(cat /proc/sys/kernel/random/boot_id)
 if {GOING_DOWN}; then
-    echo "{HOOK_MARK} the guest is going down: no checkpoint of a guest shutting down" >&2
-    exit 1
+    echo "{HOOK_MARK} the guest is going down (boot $boot): waiting for its reboot"
+    exit {GOING_DOWN_EXIT}
 fi
-echo "{HOOK_MARK} guest boot $(cat /proc/sys/kernel/random/boot_id)"
+echo "{HOOK_MARK} guest boot $boot"
 mkdir -p {SAVED_TMP.rsplit("/", 1)[0]}
 echo {position} > {MARKER}
 rm -rf {SAVED_TMP}

@@ -16,8 +16,8 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from orchestrator.core.checkpoint_steps import (BASE_NAME, SAVED_TMP, CheckpointPlan, guest_checkpoint_script,
-                                                guest_settle_script, host_checkpoint_script, resume_script)
+from orchestrator.core.checkpoint_steps import (BASE_NAME, SAVED_TMP, CheckpointPlan, host_checkpoint_script,
+                                                resume_script)
 from orchestrator.core.warm import incoming_uri, warm_resume_script
 from orchestrator.core.hcl import hcl_string, hcl_value
 from orchestrator.core.plan import BuildPlan
@@ -139,7 +139,7 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
         blocks.append(ProvisionerBlock("resume", "shell", (("script", script), ("execute_command", AS_ROOT)),
                                        (script,)))
     if checkpoints and checkpoints.base:  # the booted VM, before any customizer: a warm base
-        blocks += _checkpoint_blocks(0, BASE_NAME, "00-boot", checkpoints, work, files, settle=False)
+        blocks += _checkpoint_blocks(0, BASE_NAME, "00-boot", checkpoints, work, files)
     for step in plan.steps:
         if checkpoints and step.phase == "customize" and step.index <= checkpoints.start_after:
             continue  # done in the checkpoint this build starts on
@@ -191,9 +191,8 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
             ), (script,)))
         else:
             raise ValueError(f"{step.kind} customizers need a Windows source")
-        if checkpoints and step.phase == "customize":  # a File step cannot reboot the VM
-            blocks += _checkpoint_blocks(step.index, step.name, slug, checkpoints, work, files,
-                                         settle=step.kind != "File")
+        if checkpoints and step.phase == "customize":
+            blocks += _checkpoint_blocks(step.index, step.name, slug, checkpoints, work, files)
     rel = "steps/90-generalize.sh"
     files[rel] = generalize_script(plan.deprovision_command, plan.deprovision_override)
     script = _host_path(str(work / rel))
@@ -215,26 +214,15 @@ def render_linux(plan: BuildPlan, ctx: RenderContext) -> RenderedBuild:
 
 
 def _checkpoint_blocks(position: int, name: str, slug: str, checkpoints: CheckpointPlan, work: Path,
-                       files: dict[str, str], settle: bool) -> list[ProvisionerBlock]:
-    """`settle`: first a step that lets a guest going down go (after a customizer that may have
-    rebooted it). It must be a step of its own: a reboot ends the customizer's SSH session with
-    its shell, before anything after the customizer in that command could run."""
-    guest, host = f"steps/{slug}.checkpoint.sh", f"steps/{slug}.checkpoint-host.sh"
-    files[guest] = guest_checkpoint_script(position)
+                       files: dict[str, str]) -> list[ProvisionerBlock]:
+    """One host step: the hook prepares the guest over SSH itself (a guest a customizer rebooted
+    is waited for there), then freezes the disk (core/checkpoint_steps.py)."""
+    host = f"steps/{slug}.checkpoint-host.sh"
     files[host] = host_checkpoint_script(checkpoints.hook, position)
-    guest_path, host_path = _host_path(str(work / guest)), _host_path(str(work / host))
-    blocks = []
-    if settle:
-        files[f"steps/{slug}.settle.sh"] = guest_settle_script()
-        settle_path = _host_path(str(work / f"steps/{slug}.settle.sh"))
-        blocks.append(ProvisionerBlock(f"checkpoint:{name}", "shell", (
-            ("script", settle_path), ("execute_command", AS_ROOT), ("expect_disconnect", True)), (settle_path,)))
-    return blocks + [
-        ProvisionerBlock(f"checkpoint:{name}", "shell", (("script", guest_path), ("execute_command", AS_ROOT)),
-                         (guest_path,)),
-        # the script is written owner-only and not executable: sh reads it
-        ProvisionerBlock(f"checkpoint:{name}", "shell-local", (
-            ("script", host_path), ("execute_command", ["/bin/sh", "{{.Script}}"])), (host_path,))]
+    host_path = _host_path(str(work / host))
+    # the script is written owner-only and not executable: sh reads it
+    return [ProvisionerBlock(f"checkpoint:{name}", "shell-local", (
+        ("script", host_path), ("execute_command", ["/bin/sh", "{{.Script}}"])), (host_path,))]
 
 
 def inline_script(commands: tuple[str, ...]) -> str:

@@ -1,6 +1,8 @@
 """The host side of a disk checkpoint, run by Packer (shell-local) between two customizers
-while the build VM waits, its file systems flushed:
+while the build VM waits:
 
+0. a Linux guest is flushed over SSH (effects/checkpoint_guest.py; a guest a customizer rebooted
+   is waited for there), a Windows guest was by its own steps before this;
 1. the disk's current top layer gets its name in the checkpoint store (the first is Packer's
    own disk.qcow2, hard-linked there: Packer deletes its output directory when a build fails);
 2. a new overlay is made next to it, its backing named relatively (the store can move);
@@ -31,12 +33,26 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from orchestrator.core.checkpoint_steps import HOOK_MARK
 from orchestrator.core.warm import KEY_SUFFIX, MAX_BANDWIDTH, STATE_SUFFIX, save_uri
+from orchestrator.effects import checkpoint_guest
 
 DRIVE = "virtio0"  # Packer's build disk; node names change with every snapshot, the drive id does not
 
 
 def take(manifest: dict, position: int) -> dict:
     started = time.monotonic()
+    monitor = QEMUMonitorProtocol(manifest["qmp_socket"])
+    monitor.connect()
+    try:
+        if manifest.get("guest_user"):  # a Linux guest: flushed over SSH first (Windows: by its own steps)
+            usernet = monitor.cmd("human-monitor-command", **{"command-line": "info usernet"})
+            checkpoint_guest.prepare(checkpoint_guest.forwarded_ssh_port(str(usernet)), manifest["guest_user"],
+                                     manifest["ssh_key"], position, print)
+        return _take(monitor, manifest, position, started)
+    finally:
+        monitor.close()
+
+
+def _take(monitor: QEMUMonitorProtocol, manifest: dict, position: int, started: float) -> dict:
     layers = {int(k): v for k, v in manifest["layers"].items()}
     layer = Path(layers[position]["path"])
     if position == manifest["first"]:
@@ -53,23 +69,18 @@ def take(manifest: dict, position: int) -> dict:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", backing, str(overlay),
                     str(manifest["virtual_size"])], check=True, capture_output=True, text=True, cwd=overlay.parent)
     warm: dict = {}
-    monitor = QEMUMonitorProtocol(manifest["qmp_socket"])
-    monitor.connect()
+    if manifest.get("warm"):
+        _call(monitor, "migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
+        _call(monitor, "stop")  # the layer and the state describe one instant
+        paused = time.monotonic()
     try:
+        _freeze(monitor, manifest, position, overlay)
         if manifest.get("warm"):
-            _call(monitor, "migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
-            _call(monitor, "stop")  # the layer and the state describe one instant
-            paused = time.monotonic()
-        try:
-            _freeze(monitor, manifest, position, overlay)
-            if manifest.get("warm"):
-                warm = _save_state(monitor, manifest, layer)
-        finally:
-            if manifest.get("warm"):
-                _call(monitor, "cont")
-                warm["pause_seconds"] = round(time.monotonic() - paused, 3)
+            warm = _save_state(monitor, manifest, layer)
     finally:
-        monitor.close()
+        if manifest.get("warm"):
+            _call(monitor, "cont")
+            warm["pause_seconds"] = round(time.monotonic() - paused, 3)
     record = {"position": position, "key": layers[position]["key"], "name": layers[position]["name"],
               "path": str(layer), "parent": parent, "seconds": round(time.monotonic() - started, 3)}
     if warm.get("state"):

@@ -18,6 +18,7 @@ from orchestrator.config import Config
 from orchestrator.core.checkpoint_steps import BASE_NAME, CheckpointPlan
 from orchestrator.core.fingerprint import base_key, step_keys
 from orchestrator.core.plan import BuildPlan, ResolvedSource
+from orchestrator.core.render import BUILD_USER
 from orchestrator.core.render_windows import CHECKPOINT_DRIVE
 from orchestrator.core.warm import MachineConfig, WarmState
 from orchestrator.effects import warm_states
@@ -169,6 +170,8 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
     manifest = {
         "warm": machine is not None,  # save the VM's state with each checkpoint
         "ssh_key": str(staging.root / KEY_NAME),
+        # a Linux guest is prepared by the hook over SSH (the build user, sudo); Windows by its own steps
+        "guest_user": None if plan.os_type == "Windows" else BUILD_USER,
         "qmp_socket": str(staging.temp / "qmp.sock"),
         "drive": CHECKPOINT_DRIVE if plan.os_type == "Windows" else "virtio0",  # the disk QMP freezes
         "packer_disk": str(staging.packer_output / "disk.qcow2"),

@@ -1,0 +1,82 @@
+"""The guest side of a Linux checkpoint, done by the host hook itself: one SSH connection
+(paramiko, the run's key, the port QEMU forwards) and one command that flushes the guest
+(core/checkpoint_steps.guest_prepare_script). A guest that a customizer rebooted is asked
+again until its new boot answers: no checkpoint is ever taken of a guest going down."""
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from typing import Callable
+
+import paramiko
+
+from orchestrator.core.checkpoint_steps import GOING_DOWN_EXIT, REBOOT_WAIT_SECONDS, guest_prepare_script
+
+logging.getLogger("paramiko").addHandler(logging.NullHandler())  # a refused attempt is said below, once
+
+RETRY_SECONDS = 1.0  # between two attempts on a rebooting guest (its sshd gives no signal to wait on)
+COMMAND_SECONDS = 600.0  # the copy of /tmp and the sync of a guest with much unwritten data
+# `info usernet`: "TCP[HOST_FORWARD]  13  127.0.0.1  3384  10.0.2.15  22  0  0"
+_FORWARD = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+\S+\s+(\d+)\s+\S+\s+22\b")
+
+
+class GuestNotReady(Exception):
+    """The guest could not be prepared; the message says what was seen."""
+
+
+def forwarded_ssh_port(usernet: str) -> int:
+    """The host port QEMU forwards to the guest's port 22, from the monitor's `info usernet`."""
+    match = _FORWARD.search(usernet)
+    if not match:
+        raise GuestNotReady(f"QEMU forwards no host port to the guest's SSH port (info usernet: {usernet.strip()!r})")
+    return int(match.group(1))
+
+
+def prepare(port: int, user: str, key_path: str, position: int, say: Callable[[str], None],
+            wait_seconds: float = REBOOT_WAIT_SECONDS) -> None:
+    """Runs guest_prepare_script as root; returns once a guest that is up has flushed."""
+    key = paramiko.Ed25519Key.from_private_key_file(key_path)
+    script = guest_prepare_script(position).encode()
+    deadline = time.monotonic() + wait_seconds
+    going_down, last = False, ""
+    while True:
+        try:
+            status, output = _run(port, user, key, script)
+        except paramiko.AuthenticationException:  # the same key Packer logged in with: not a reboot
+            raise GuestNotReady(f"the guest refused {user!r}'s key over SSH") from None
+        except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
+            # a customizer's reboot may have closed sshd before this first try: wait for the new boot
+            status, output, last = None, "", f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if status == 0:
+            say(output.rstrip())
+            return
+        if status == GOING_DOWN_EXIT:
+            if not going_down:
+                say(output.rstrip())
+            going_down = True
+        elif status is not None:
+            raise GuestNotReady(f"preparing the guest failed (exit {status}): {output.strip()}")
+        if time.monotonic() > deadline:
+            raise GuestNotReady(f"the guest did not answer over SSH (or come back from a reboot) within "
+                                f"{wait_seconds:.0f} s; last attempt: {last or 'it was still going down'}")
+        time.sleep(RETRY_SECONDS)  # a rebooting guest: ask its next boot
+
+
+def _run(port: int, user: str, key: paramiko.PKey, script: bytes) -> tuple[int, str]:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the build VM on loopback, new each run
+    try:
+        client.connect("127.0.0.1", port=port, username=user, pkey=key, timeout=10, banner_timeout=10,
+                       auth_timeout=10, allow_agent=False, look_for_keys=False)
+        stdin, stdout, stderr = client.exec_command("sudo -n /bin/sh -s", timeout=COMMAND_SECONDS)
+        stdin.write(script)
+        stdin.channel.shutdown_write()
+        out = stdout.read()
+        err = stderr.read()
+        status = stdout.channel.recv_exit_status()
+        text = (out + err).decode(errors="replace")
+        return status, "\n".join(line for line in text.splitlines() if line.strip())
+    finally:
+        client.close()
