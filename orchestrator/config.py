@@ -67,6 +67,9 @@ class Config:
     # and three quarters of its memory
     capacity_cpus: int | None = None
     capacity_memory_mib: int | None = None
+    # The CPU priority of a build once admitted (its Packer, QEMU, qemu-img...): builds are batch
+    # work, the REST API, the CLI and the host's own services stay responsive beside them
+    build_nice: int = 10
     # [proof]: boot each finished Linux image as a fresh VM and check it over SSH before it is
     # distributed (pipeline/prove.py); $ORCHESTRATOR_PROOF=off|on overrides `deploy`
     proof_deploy: bool = field(default_factory=lambda: os.environ.get(PROOF_ENV, "").strip().lower() != "off")
@@ -188,7 +191,8 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "libvirt": {"uri": ("libvirt_uri", "uri")},
     "pools": {"default": ("pool_default", "pool"), "dir": ("pools_dir", "dir"),
               "regions": ("pool_regions", "regions"), "storage": ("pool_storage", "regions")},
-    "capacity": {"cpus": ("capacity_cpus", "count"), "memory_mib": ("capacity_memory_mib", "count")},
+    "capacity": {"cpus": ("capacity_cpus", "count"), "memory_mib": ("capacity_memory_mib", "count"),
+                 "nice": ("build_nice", "nice")},
     "proof": {"deploy": ("proof_deploy", "bool"), "timeout_seconds": ("proof_timeout_seconds", "seconds")},
     "retention": {"keep_versions": ("retention_keep_versions", "keep"),
                   "keep_vhds": ("retention_keep_vhds", "keep")},
@@ -303,6 +307,10 @@ def _setting(file: Path, name: str, kind: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise bad("a size in GiB (0 or more)")
         return int(value * 1024**3)
+    if kind == "nice":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+            raise bad("a whole number from 0 (as other processes) to 19 (the lowest CPU priority)")
+        return value
     if kind == "count":
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise bad("a positive whole number")

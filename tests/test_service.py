@@ -442,3 +442,21 @@ def test_packers_temporaries_go_where_a_socket_path_fits(tmp_path, monkeypatch):
     finally:
         staging.remove()
     assert not staging.temp.exists()
+
+
+def test_a_long_lived_store_keeps_the_wal_between_its_calls(tmp_path):
+    """The REST API's store holds one idle connection: closing a call's own connection is then
+    never closing the last one, which in SQLite checkpoints and deletes the WAL (and makes the
+    next call's open wait). A one-shot store (the CLI) lets SQLite tidy up as before."""
+    from orchestrator.effects import api_state
+
+    wal = tmp_path / "state.db-wal"
+    once = StateStore(tmp_path / "state.db")
+    assert api_state.create_token(once, "a", "reader", "/")  # a write: the WAL has frames
+    assert not wal.exists()  # the last connection closed: checkpointed and deleted
+    served = StateStore(tmp_path / "state.db")
+    served.hold_open()
+    assert api_state.create_token(served, "b", "reader", "/")
+    assert wal.exists() and [t.name for t in api_state.tokens(served)] == ["a", "b"]
+    served.hold_open()  # twice is once
+    assert served._held is not None

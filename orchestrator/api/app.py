@@ -38,6 +38,7 @@ def create_app(config: Config, default_subscription: str, default_resource_group
     """`default_*`: where a template the CLI created lives, as a REST resource."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     state = StateStore(config.ensure().db_path)
+    state.hold_open()
     app.add_middleware(BodyLimit)
     app.add_middleware(Audit, config=config)  # a 413 is audited too
     app.add_middleware(Timing)

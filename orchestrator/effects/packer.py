@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from orchestrator.core.render import ProvisionerBlock
-from orchestrator.effects.proc import kill_until_gone, line_queue
+from orchestrator.effects.proc import kill_until_gone, line_queue, lower_priority
 from orchestrator.effects.runlog import RunLog
 from orchestrator.errors import EnvironmentProblem
 
@@ -73,7 +73,7 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
                deadline: float, cancel: threading.Event, cache_dir: Path, vm_marker: str,
                on_source: Callable[[str], None] = lambda s: None,
                on_line: Callable[[str, str], None] = lambda s, l: None,
-               keep_on_error: bool = False, temp_dir: Path | None = None) -> PackerResult:
+               keep_on_error: bool = False, temp_dir: Path | None = None, nice: int = 0) -> PackerResult:
     # abort: Packer leaves the build VM's disk in place (the VM itself is stopped below)
     on_error = "abort" if keep_on_error else "cleanup"
     argv = [packer, "build", "-color=false", f"-on-error={on_error}", str(hcl_path)]
@@ -83,6 +83,7 @@ def run_packer(packer: str, hcl_path: Path, log: RunLog, blocks: Sequence[Provis
                                 text=True, errors="replace", bufsize=1, umask=0o077)
     except FileNotFoundError as exc:
         raise EnvironmentProblem("Packer is not installed", hint="run scripts/setup-host.sh as root") from exc
+    lower_priority(proc.pid, nice)  # before Packer starts QEMU (ms later): its VM and hooks inherit it
     assert proc.stdout is not None
     lines = line_queue(proc.stdout)
     tracker = SourceTracker(blocks)

@@ -118,6 +118,17 @@ def kill_until_gone(find: Callable[[], list[int]], patience: float) -> int:
     return len(killed)
 
 
+def lower_priority(pid: int, nice: int) -> None:
+    """Gives a child a lower CPU priority (a higher nice value); what it starts afterwards
+    inherits it. A process that is already gone has nothing left to slow down."""
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, max(nice, os.getpriority(os.PRIO_PROCESS, pid)))
+    except ProcessLookupError:
+        pass
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -39,6 +39,7 @@ class StateStore:
         self.path = path
         self.read_only = read_only
         self.lock_timeout = lock_timeout
+        self._held: sqlite3.Connection | None = None
         if not read_only:
             if not path.exists():  # owner-only from the start: it names every run and artifact
                 try:
@@ -53,6 +54,16 @@ class StateStore:
                 raise self._problem(exc) from None
             finally:
                 db.close()
+
+    def hold_open(self) -> None:
+        """Keeps one idle connection for the life of this store (a long-lived server). Every call
+        still has its own connection and transaction, but closing it is never closing the last
+        one: SQLite then checkpoints and deletes the WAL (an fsync and an exclusive lock that the
+        next call's open waits for) on every call. Idle, it pins no snapshot."""
+        if self._held is None:
+            held = self._open()
+            held.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the WAL's shared lock, from now on
+            self._held = held
 
     @classmethod
     def existing(cls, path: Path) -> "StateStore | None":

@@ -93,7 +93,7 @@ def run_build(plan: BuildPlan, config: Config, work: Path, rendered: RenderedBui
                         deadline=deadline, cancel=cancel, cache_dir=config.home / "cache" / "packer",
                         vm_marker=str(work), on_source=on_source, on_line=on_line,
                         keep_on_error="abort" in (plan.on_customizer_error, plan.on_validation_error),
-                        temp_dir=temp)
+                        temp_dir=temp, nice=config.build_nice)
     vm.last_phase = result.last_phase
     if result.timed_out:
         raise BuildTimeout(
