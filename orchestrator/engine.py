@@ -26,7 +26,8 @@ from orchestrator.effects.catalog import Catalog
 from orchestrator.effects.downloads import DownloadCache, display_url
 from orchestrator.effects.files import write_atomic
 from orchestrator.effects.hostpolicy import HostPolicy, template_problems
-from orchestrator.effects.proc import Stop, kill_run_processes, process_start_time, run_environment, stop_on_signals
+from orchestrator.effects.proc import (Stop, kill_run_processes, lower_priority, process_start_time, run_environment,
+                                       stop_on_signals)
 from orchestrator.effects.runlog import RedactedCopy, RunLog
 from orchestrator.effects.state import StateStore
 from orchestrator.core.fingerprint import digest_of, fingerprint_parts
@@ -159,6 +160,9 @@ class Engine:
             run.reporter.phase("Queued", why)
 
         self.admission.admit(run.id, demand(plan, self.config, run.id), stop, waiting)
+        # from here on, this process (its VHD conversion and hashing) and what it starts build at
+        # the lower CPU priority: the REST API and the CLI answer at once beside it
+        lower_priority(os.getpid(), self.config.build_nice)
         # buildTimeoutInMinutes counts from admission: downloads, build and distribution
         deadline = time.monotonic() + plan.timeout_minutes * 60
         run.timer = threading.Timer(plan.timeout_minutes * 60, stop.request, args=("timeout",))

@@ -208,6 +208,8 @@ def test_a_capacity_queue_cancel_while_queued_and_fetching_and_secrets_never_sho
         b = Started(home, tmp_path, "b", "run", "queued", "--progress", "json")
         run_b = run_of(imported_home, "queued", b)
         wait_for("B queued", log_has(run_b, "queued: 1 run(s) building use"), process=b)
+        # once admitted a run builds at the lower CPU priority ([capacity] nice, 10); a queued one not yet
+        assert (os.getpriority(os.PRIO_PROCESS, a.proc.pid), os.getpriority(os.PRIO_PROCESS, b.proc.pid)) == (10, 0)
         c = Started(home, tmp_path, "c", "build", str(third), "--name", "third")
         run_c = run_of(imported_home, "third", c)
         wait_for("C queued behind B", log_has(run_c, f"queued: 1 run(s) ahead ({run_b['id']})"), process=c)
