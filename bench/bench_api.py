@@ -78,15 +78,11 @@ def hammer(url: str, token: str, ca: str, seconds: float, clients: int) -> tuple
     stop = time.monotonic() + seconds
 
     def client() -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {token}"
+        session = _session(token)
         mine, server = [], []
         while time.monotonic() < stop:
-            started = time.perf_counter()
-            answer = session.get(url, verify=ca, timeout=30)
-            mine.append(time.perf_counter() - started)
-            if answer.status_code != 200:
-                raise SystemExit(f"GET {url}: {answer.status_code} {answer.text}")
+            seconds, answer = _timed_get(session, url, ca)
+            mine.append(seconds)
             timing = answer.headers.get("server-timing", "")
             if "dur=" in timing:
                 server.append(float(timing.split("dur=", 1)[1]) / 1000)
@@ -106,18 +102,29 @@ def paced(url: str, token: str, ca: str, seconds: float, interval: float) -> lis
     """One client, one GET every `interval` seconds (a dashboard or an SDK polling, not a load
     test): the latencies. What a running build adds to a request, without the clients' own
     load on the same two cores."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
+    session = _session(token)
     latencies: list[float] = []
     stop = time.monotonic() + seconds
     while time.monotonic() < stop:
-        started = time.perf_counter()
-        answer = session.get(url, verify=ca, timeout=30)
-        latencies.append(time.perf_counter() - started)
-        if answer.status_code != 200:
-            raise SystemExit(f"GET {url}: {answer.status_code} {answer.text}")
-        time.sleep(max(0.0, interval - (time.perf_counter() - started)))  # pacing, not synchronization
+        latency, _ = _timed_get(session, url, ca)
+        latencies.append(latency)
+        time.sleep(max(0.0, interval - latency))  # pacing, not synchronization
     return latencies
+
+
+def _session(token: str) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def _timed_get(session: requests.Session, url: str, ca: str) -> tuple[float, requests.Response]:
+    started = time.perf_counter()
+    answer = session.get(url, verify=ca, timeout=30)
+    latency = time.perf_counter() - started
+    if answer.status_code != 200:
+        raise SystemExit(f"GET {url}: {answer.status_code} {answer.text}")
+    return latency, answer
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -165,8 +172,7 @@ def main() -> int:
             get_rate = count / seconds
             idle_paced = paced(one, token, server.ca, seconds, PACE)
             bare_rate = baseline_rate(home / "tls", server.ca, seconds, clients)
-            session = requests.Session()
-            session.headers["Authorization"] = f"Bearer {token}"
+            session = _session(token)
             started, pages, listed, url = time.perf_counter(), 0, 0, f"{prefix}?api-version=2024-02-01"
             while url:
                 page = session.get(url, verify=server.ca, timeout=60).json()
