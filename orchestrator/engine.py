@@ -6,6 +6,7 @@ progress through a Reporter; printing and exit codes belong to the fronts.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -244,7 +245,8 @@ class Engine:
                 steps(source)
 
             try:
-                with RedactedCopy(console, run.records / "console.log", run.reporter.redact):
+                with RedactedCopy(console, run.records / "console.log", run.reporter.redact), \
+                        (checkpointing.agent() if checkpointing else contextlib.nullcontext()):
                     run_build(plan, self.config, run.staging.root, rendered, run.vm, run.log, deadline, run.stop,
                               on_source, temp=run.staging.temp)
                 return

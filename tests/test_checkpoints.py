@@ -269,3 +269,34 @@ def test_a_failing_hook_says_what_failed(tmp_path):
     assert done.returncode == 1  # no QEMU monitor there: said before any file is touched
     assert "orchestrator-checkpoint: failed after step 1: ConnectError" in done.stderr and "No such file" in done.stderr
     assert not (tmp_path / "k.qcow2").exists()
+
+
+def _call(sock: Path, position: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.effects.checkpoint_call", str(sock), position],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_runs_process_serves_the_checkpoint_steps_over_its_socket(tmp_path, paused_qemu):
+    """What Packer's shell-local step runs: a small client; the run's process (the agent) takes
+    the checkpoint and answers with the hook's lines and its status."""
+    from orchestrator.effects.checkpoint_agent import CheckpointAgent
+
+    qemu, base, disk, sock = paused_qemu
+    path = _manifest(tmp_path, sock, disk, 2)
+    agent_sock = tmp_path / "checkpoint.sock"
+    with CheckpointAgent(path, agent_sock):
+        assert stat.S_IMODE(agent_sock.stat().st_mode) & 0o077 == 0  # only the run's user may ask
+        first = _call(agent_sock, "1")
+        assert first.returncode == 0, first.stderr
+        assert "orchestrator-checkpoint: step 1 (step1) frozen in" in first.stdout
+        refused = _call(agent_sock, "one")
+        assert refused.returncode == 2 and "not a step position: 'one'" in refused.stderr
+        failed = _call(agent_sock, "1")  # taken already: the hook's own error comes back, status 1
+        assert failed.returncode == 1 and "failed after step 1: FileExistsError" in failed.stderr
+        second = _call(agent_sock, "2")
+        assert second.returncode == 0 and "step 2 (step2) frozen" in second.stdout
+    assert not agent_sock.exists()  # gone with the build
+    gone = _call(agent_sock, "3")
+    assert gone.returncode == 1 and "the run's process did not answer" in gone.stderr
+    records = [json.loads(line) for line in (tmp_path / "checkpoints.jsonl").read_text().splitlines()]
+    assert [r["position"] for r in records] == [1, 2]

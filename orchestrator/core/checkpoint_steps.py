@@ -2,15 +2,16 @@
 a build resumed from a checkpoint (no I/O: render.py places them, effects/checkpoint_hook.py
 is what the host side runs).
 
-After a customizer, one shell-local step on the host: over one SSH connection of its own the
+After a customizer, one shell-local step on the host asks the run's process to take the
+checkpoint (effects/checkpoint_agent.py): over an SSH connection it keeps for the build, the
 guest keeps a copy of /tmp (Debian empties /tmp at every boot, so a build resumed from this
 checkpoint would lose a File step's upload or a deprovisioning override script written there)
 and flushes its file systems (guest_prepare_script; a guest going down is asked again on its
 new boot); then the hook freezes the disk's current top layer through QEMU's monitor and gives
-the VM a new overlay, without a reboot and without copying the disk. One SSH exec instead of
-Packer's two shell steps (upload, chmod, run and remove each) is most of a checkpoint's cost
-under TCG. A resumed build first puts /tmp back and leaves only this run's key in the build
-user's authorized_keys."""
+the VM a new overlay, without a reboot and without copying the disk. One SSH command on a
+kept connection instead of Packer's two shell steps (upload, chmod, run and remove each), and
+no Python started per checkpoint: those were most of a checkpoint's cost under TCG. A resumed
+build first puts /tmp back and leaves only this run's key in the build user's authorized_keys."""
 from __future__ import annotations
 
 import shlex

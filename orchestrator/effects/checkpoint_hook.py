@@ -1,5 +1,6 @@
-"""The host side of a disk checkpoint, run by Packer (shell-local) between two customizers
-while the build VM waits:
+"""The host side of a disk checkpoint, between two customizers while the build VM waits: what
+the run's process does when Packer's shell-local step asks (checkpoint_agent.py), or this
+module run on its own (`python -m`, as the tests and a Windows build's Packer test run it):
 
 0. a Linux guest is flushed over SSH (effects/checkpoint_guest.py; a guest a customizer rebooted
    is waited for there), a Windows guest was by its own steps before this;
@@ -26,8 +27,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -38,21 +43,37 @@ from orchestrator.effects import checkpoint_guest
 DRIVE = "virtio0"  # Packer's build disk; node names change with every snapshot, the drive id does not
 
 
-def take(manifest: dict, position: int) -> dict:
+@dataclass(frozen=True)
+class Said:
+    """Where the hook's lines go: Packer's output when it runs as a process of its own, the
+    answer to the step's request when the run's process serves it (checkpoint_agent.py)."""
+    out: Callable[[str], None] = print
+    err: Callable[[str], None] = partial(print, file=sys.stderr)
+
+
+def take(manifest: dict, position: int, said: Said = Said(), guests: checkpoint_guest.Guests | None = None,
+         stop: threading.Event | None = None) -> dict:
     started = time.monotonic()
     monitor = QEMUMonitorProtocol(manifest["qmp_socket"])
     monitor.connect()
     try:
         if manifest.get("guest_user"):  # a Linux guest: flushed over SSH first (Windows: by its own steps)
             usernet = monitor.cmd("human-monitor-command", **{"command-line": "info usernet"})
-            checkpoint_guest.prepare(checkpoint_guest.forwarded_ssh_port(str(usernet)), manifest["guest_user"],
-                                     manifest["ssh_key"], position, print)
-        return _take(monitor, manifest, position, started)
+            own = guests is None
+            guests = guests or checkpoint_guest.Guests()
+            try:
+                guest = guests.to(checkpoint_guest.forwarded_ssh_port(str(usernet)), manifest["guest_user"],
+                                  manifest["ssh_key"])
+                checkpoint_guest.prepare(guest, position, said.out, stop)
+            finally:
+                if own:
+                    guests.close()
+        return _take(monitor, manifest, position, started, said)
     finally:
         monitor.close()
 
 
-def _take(monitor: QEMUMonitorProtocol, manifest: dict, position: int, started: float) -> dict:
+def _take(monitor: QEMUMonitorProtocol, manifest: dict, position: int, started: float, said: Said) -> dict:
     layers = {int(k): v for k, v in manifest["layers"].items()}
     layer = Path(layers[position]["path"])
     if position == manifest["first"]:
@@ -76,7 +97,7 @@ def _take(monitor: QEMUMonitorProtocol, manifest: dict, position: int, started: 
     try:
         _freeze(monitor, manifest, position, overlay)
         if manifest.get("warm"):
-            warm = _save_state(monitor, manifest, layer)
+            warm = _save_state(monitor, manifest, layer, said)
     finally:
         if manifest.get("warm"):
             _call(monitor, "cont")
@@ -107,7 +128,7 @@ def _freeze(monitor: QEMUMonitorProtocol, manifest: dict, position: int, overlay
         raise
 
 
-def _save_state(monitor: QEMUMonitorProtocol, manifest: dict, layer: Path) -> dict:
+def _save_state(monitor: QEMUMonitorProtocol, manifest: dict, layer: Path, said: Said) -> dict:
     """The stopped VM's state next to the frozen layer; {} with a line on stderr if it fails
     (the checkpoint stays, cold)."""
     state, key = Path(str(layer) + STATE_SUFFIX), Path(str(layer) + KEY_SUFFIX)
@@ -130,25 +151,30 @@ def _save_state(monitor: QEMUMonitorProtocol, manifest: dict, layer: Path) -> di
     except Exception as exc:
         part.unlink(missing_ok=True)
         state.unlink(missing_ok=True)
-        print(f"{HOOK_MARK} the VM state was not saved ({type(exc).__name__}: {exc}): this checkpoint is cold",
-              file=sys.stderr)
+        said.err(f"{HOOK_MARK} the VM state was not saved ({type(exc).__name__}: {exc}): this checkpoint is cold")
         return {}
     return {"state": str(state), "key": str(key), "save_seconds": round(time.monotonic() - started, 3)}
 
 
-def main(argv: list[str]) -> int:
-    manifest_path, position = argv[0], int(argv[1])
-    manifest = json.loads(Path(manifest_path).read_text())
+def answer(manifest_path: str, position: int, said: Said = Said(), guests: checkpoint_guest.Guests | None = None,
+           stop: threading.Event | None = None) -> int:
+    """Takes the checkpoint after step `position` and says what it did; the step's exit status."""
     try:
-        record = take(manifest, position)
+        manifest = json.loads(Path(manifest_path).read_text())
+        record = take(manifest, position, said, guests, stop)
     except Exception as exc:  # Packer shows this line; the build fails at this step, said so
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
-        print(f"{HOOK_MARK} failed after step {position}: {type(exc).__name__}: {detail}", file=sys.stderr)
+        said.err(f"{HOOK_MARK} failed after step {position}: {type(exc).__name__}: {detail}")
         return 1
     warm = record.get("warm")
     extra = f", VM state saved (paused {warm['pause_seconds']:.2f} s)" if warm else ""
-    print(f"{HOOK_MARK} step {position} ({record['name']}) frozen in {record['seconds']:.2f} s as {record['path']}{extra}")
+    said.out(f"{HOOK_MARK} step {position} ({record['name']}) frozen in {record['seconds']:.2f} s as "
+             f"{record['path']}{extra}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return answer(argv[0], int(argv[1]))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from orchestrator.core.render_windows import CHECKPOINT_DRIVE
 from orchestrator.core.warm import MachineConfig, WarmState
 from orchestrator.effects import warm_states
 from orchestrator.effects.accel import qemu_version
+from orchestrator.effects.checkpoint_agent import CheckpointAgent
 from orchestrator.effects.checkpoint_files import companions
 from orchestrator.effects.checkpoint_store import CheckpointStore
 from orchestrator.effects.files import write_atomic
@@ -45,6 +46,10 @@ class CheckpointRun:
     started_from: str | None
     machine: MachineConfig | None = None  # what a state saved by this build is bound to
     warm_from: WarmState | None = None  # the state a warm start restores
+
+    def agent(self) -> CheckpointAgent:
+        """What serves this build's checkpoint steps: `with run.agent():` around Packer."""
+        return CheckpointAgent(Path(self.manifest["manifest"]), Path(self.manifest["agent_socket"]))
 
     @property
     def start_mode(self) -> str:
@@ -173,6 +178,8 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
         # a Linux guest is prepared by the hook over SSH (the build user, sudo); Windows by its own steps
         "guest_user": None if plan.os_type == "Windows" else BUILD_USER,
         "qmp_socket": str(staging.temp / "qmp.sock"),
+        "agent_socket": str(staging.temp / "checkpoint.sock"),  # the run's process takes the checkpoints
+        "manifest": str(staging.root / "checkpoints.json"),
         "drive": CHECKPOINT_DRIVE if plan.os_type == "Windows" else "virtio0",  # the disk QMP freezes
         "packer_disk": str(staging.packer_output / "disk.qcow2"),
         "top": str(staging.root / "top.qcow2"),
@@ -184,9 +191,8 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
                             "path": str(store_dir / f"{names[i][0]}-{run_id}.qcow2")}
                    for i in range(first, len(customizers) + 1)},
     }
-    path = staging.root / "checkpoints.json"
-    write_atomic(path, json.dumps(manifest, indent=2))
-    hook = (sys.executable, "-m", "orchestrator.effects.checkpoint_hook", str(path))
+    write_atomic(Path(manifest["manifest"]), json.dumps(manifest, indent=2))
+    hook = (sys.executable, "-m", "orchestrator.effects.checkpoint_call", manifest["agent_socket"])
     render = CheckpointPlan(hook, start_after, manifest["qmp_socket"], warm=machine is not None,
                             incoming=warm_from.path if warm_from else "",
                             random_hex=secrets_module.token_hex(64) if warm_from else "", base=take_base,
