@@ -175,7 +175,7 @@ def prepare(config: Config, state: Any, plan: BuildPlan, parts: dict[str, Any], 
     manifest = {
         "warm": machine is not None,  # save the VM's state with each checkpoint
         "ssh_key": str(staging.root / KEY_NAME),
-        # a Linux guest is prepared by the hook over SSH (the build user, sudo); Windows by its own steps
+        # a Linux guest is flushed by the run's process over SSH (the build user, sudo); Windows by its own steps
         "guest_user": None if plan.os_type == "Windows" else BUILD_USER,
         "qmp_socket": str(staging.temp / "qmp.sock"),
         "agent_socket": str(staging.temp / "checkpoint.sock"),  # the run's process takes the checkpoints
