@@ -1,10 +1,10 @@
 """The guest side of a Linux checkpoint, done by the host itself: an SSH connection (paramiko,
 the run's key, the port QEMU forwards) kept for the build, and one command per checkpoint that
-flushes the guest (core/checkpoint_steps.guest_prepare_script). A guest that a customizer rebooted is asked
-again until its new boot answers: no checkpoint is ever taken of a guest going down."""
+flushes the guest (core/checkpoint_steps.guest_prepare_script). A guest that a customizer
+rebooted is asked again until its new boot answers: no checkpoint is ever taken of a guest
+going down."""
 from __future__ import annotations
 
-import logging
 import re
 import socket
 import threading
@@ -14,8 +14,7 @@ from typing import Callable
 import paramiko
 
 from orchestrator.core.checkpoint_steps import GOING_DOWN_EXIT, REBOOT_WAIT_SECONDS, guest_prepare_script
-
-logging.getLogger("paramiko").addHandler(logging.NullHandler())  # a refused attempt is said below, once
+from orchestrator.effects.ssh_probe import loopback_client  # (which also keeps paramiko's own log quiet)
 
 RETRY_SECONDS = 1.0  # between two attempts on a rebooting guest (its sshd gives no signal to wait on)
 COMMAND_SECONDS = 600.0  # the copy of /tmp and the sync of a guest with much unwritten data
@@ -48,10 +47,7 @@ class GuestConnection:
         """The exit status and the non-empty lines of stdout and stderr of `sudo sh -s` < script."""
         try:
             if self.client is None:
-                client = paramiko.SSHClient()
-                client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the build VM on loopback, new each run
-                client.connect("127.0.0.1", port=self.port, username=self.user, pkey=self.key, timeout=10,
-                               banner_timeout=10, auth_timeout=10, allow_agent=False, look_for_keys=False)
+                client = loopback_client(self.port, self.user, self.key, timeout=10)
                 client.get_transport().set_keepalive(30)  # type: ignore[union-attr]  # hours between two checkpoints
                 self.client = client
             stdin, stdout, stderr = self.client.exec_command("sudo -n /bin/sh -s", timeout=COMMAND_SECONDS)

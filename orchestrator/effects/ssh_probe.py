@@ -43,19 +43,29 @@ def wait_for_login(port: int, user: str, key_path: Path, deadline: float, stop: 
             raise NoLogin(f"{reason} (last SSH attempt: {last})")
         if time.monotonic() > deadline:
             raise NoLogin(f"no SSH login within the proof's time limit (last SSH attempt: {last})")
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # a new VM: its key is new by design
         try:
-            client.connect("127.0.0.1", port=port, username=user, pkey=key, timeout=5, banner_timeout=10,
-                           auth_timeout=10, allow_agent=False, look_for_keys=False)
+            client = loopback_client(port, user, key, timeout=5)
             server_key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
             return Login(client, f"{server_key.get_name()} {server_key.fingerprint}", time.monotonic() - started)
         except paramiko.AuthenticationException:
             last = f"sshd answered but refused {user!r}'s key (cloud-init may not have made the user yet)"
         except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
             last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        client.close()
         stop.wait(2)  # the VM is booting: try again in a moment
+
+
+def loopback_client(port: int, user: str, key: paramiko.PKey, timeout: float) -> paramiko.SSHClient:
+    """A logged-in SSH client to a VM of this host through its port forwarded on 127.0.0.1 (the
+    deploy proof's VM, the build VM); closed again if the login fails."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # a new VM: its key is new by design
+    try:
+        client.connect("127.0.0.1", port=port, username=user, pkey=key, timeout=timeout, banner_timeout=10,
+                       auth_timeout=10, allow_agent=False, look_for_keys=False)
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def run_command(client: paramiko.SSHClient, command: str, timeout: float,
