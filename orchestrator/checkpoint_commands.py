@@ -43,7 +43,7 @@ def _store(config: Config, write: bool):
     from orchestrator.effects.checkpoint_store import CheckpointStore
     from orchestrator.run_commands import store
 
-    if not write and not config.db_path.is_file():
+    if not write and not config.database_url and not config.db_path.is_file():
         return None  # nothing was ever built: nothing to list, and no data home is created
     return CheckpointStore(config, store(config))  # runs whose process died are ended first
 

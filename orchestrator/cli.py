@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from the source image, not from a stored checkpoint of unchanged steps")
         p.add_argument("--progress", choices=MODES, default=None,
                        help="progress on stderr: live (a terminal's default), plain lines, json lines, none")
+        p.add_argument("--no-wait", action="store_true",
+                       help="with [fleet]: return once the run is submitted (`status RUN` follows it)")
 
     tmpl = sub.add_parser("template", help="stored templates: create, list, show, delete, show-runs").add_subparsers(
         dest="template_command", metavar="ACTION", parser_class=_Parser)
@@ -121,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (status, cancel, logs):
         p.add_argument("--template", help="the run must be this template's")
     # verbs with their own modules: the image store, provenance, nightly runs, retention, checkpoints
-    from orchestrator import (checkpoint_commands, nightly_commands, provenance_commands, retention_commands,
-                              serve_commands, store_commands)
+    from orchestrator import (checkpoint_commands, fleet_commands, nightly_commands, provenance_commands,
+                              retention_commands, serve_commands, store_commands)
 
     for module in (store_commands, provenance_commands, nightly_commands, retention_commands, checkpoint_commands,
-                   serve_commands):
+                   serve_commands, fleet_commands):
         module.add_parsers(sub)
     return parser
 

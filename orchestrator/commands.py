@@ -111,7 +111,7 @@ def check_host_policy(config: Config, template: m.ImageTemplate, args: argparse.
     from orchestrator.effects.hostpolicy import HostPolicy, template_problems
     from orchestrator.effects.state import StateStore
 
-    store = StateStore.existing(config.db_path)
+    store = StateStore.for_config(config, read_only=True)
     owned = store.wrote_artifact if store else (lambda path: False)
     policy = HostPolicy.of(config, Path(args.template).resolve().parent)
     problems = template_problems(template, policy, owned)
@@ -148,7 +148,7 @@ def _plan_for_display(config: Config, template: m.ImageTemplate, name: str):
     from orchestrator.pipeline.sources import resolve
 
     source = template.source
-    store = StateStore.existing(config.db_path)
+    store = StateStore.for_config(config, read_only=True)
     try:
         if store is None:
             raise SourceNotFound(f"no image is imported or published yet (no state database in {config.home})")
@@ -200,7 +200,7 @@ def _next_run(config: Config, plan):
     from orchestrator.effects.state import StateStore
     from orchestrator.pipeline.reuse import NextRun, next_run
 
-    store = StateStore.existing(config.db_path)
+    store = StateStore.for_config(config, read_only=True)
     if store is None or not plan.source.sha256:
         return NextRun(True, ("the source is not resolved yet" if store else f"nothing was built in {config.home} yet",))
     return next_run(store, plan)

@@ -66,7 +66,7 @@ class BuildResult:
 class Engine:
     def __init__(self, config: Config, admission: Admission | None = None) -> None:
         self.config = config.ensure()
-        self.state = StateStore(config.db_path)
+        self.state = StateStore.for_config(config)
         self.runs = Runs(self.state)
         self.catalog = Catalog(self.state, config.images_dir)
         self.cache = DownloadCache(config.cache_dir)
@@ -89,11 +89,13 @@ class Engine:
     def build(self, template: m.ImageTemplate, name: str, template_text: str, template_path: str | None,
               progress: Reporter | Callable[[str], None] | None = None, force: bool = False,
               cancel: Stop | None = None, template_sha256: str | None = None,
-              proof: bool | None = None, resume: str | None = None, checkpoints: bool = True) -> BuildResult:
+              proof: bool | None = None, resume: str | None = None, checkpoints: bool = True,
+              run_id: str | None = None) -> BuildResult:
         """`proof`: boot and check the finished image before distributing it (None: as the
         configuration says, [proof] deploy). `resume`: a failed run whose checkpoints the build
         starts from; `checkpoints` False: no stored checkpoint is started from (one is still
-        taken after each customizer)."""
+        taken after each customizer). `run_id`: a run a fleet's worker took (recorded Queued
+        when it was submitted) instead of a new one."""
         policy = HostPolicy.of(self.config, Path(template_path).parent if template_path else None)
         plan = self.plan(template, name, policy)  # refuses before a run is recorded
         resume_notes = check_resume(self.state, resume, name, template_sha256) if resume else []
@@ -102,19 +104,22 @@ class Engine:
         redact = reporter.redact = Redactor.of(template.secrets)
         self.recover()  # runs that died give back their share of the host first
         with stop_on_signals(stop):  # before the run is recorded: a cancel may come at once
-            run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log",
-                                          pid=os.getpid(), pid_start_time=process_start_time(os.getpid()),
-                                          template_sha256=template_sha256)
+            me = {"pid": os.getpid(), "pid_start_time": process_start_time(os.getpid())}
+            if run_id is None:
+                run_id = self.state.start_run(name, template_path, lambda rid: self.run_dir(rid) / "customization.log",
+                                              template_sha256=template_sha256, **me)
+            else:
+                self.state.update_run(run_id, log_path=str(self.run_dir(run_id) / "customization.log"), **me)
             reporter.run_id = run_id
             records = self.run_dir(run_id)
-            records.mkdir(mode=0o700, parents=True)
+            records.mkdir(mode=0o700, parents=True, exist_ok=True)  # a fleet run dispatched here again
             log = RunLog(records / "customization.log", redact, listener=reporter.line)
             run = _Run(run_id, plan, log, reporter, stop, records,
                        prove=self.config.proof_deploy if proof is None else proof,
                        resume=resume, use_checkpoints=checkpoints or bool(resume))
             for note in resume_notes:
                 log.write("orchestrator", note)
-            with run_environment(run_id):
+            with run_environment(run_id, self.state.host):
                 return self._run(run, template, template_text, policy, force)
 
     def _run(self, run: "_Run", template: m.ImageTemplate, template_text: str, policy: HostPolicy,
@@ -270,7 +275,7 @@ class Engine:
                 run.staging.kept = True
                 run.log.write("orchestrator", f"errorHandling abort: the build VM's disk and SSH key stay in "
                               f"{run.staging.root} (remove it when done)")
-        kill_run_processes(run.id)  # none should be left; if an error cut Packer short, none will be
+        kill_run_processes(run.id, host=self.state.host)  # none should be left; if an error cut Packer short, none will be
         if run.staging is not None:
             run.staging.remove()
         event, message = outcome

@@ -28,7 +28,7 @@ def store(config: Config):
     the state does it: a killed run does not stay Running)."""
     from orchestrator.effects.state import StateStore
 
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     recover(config, state, lambda line: print(f"recovered: {line}", file=sys.stderr))
     return state
 
@@ -37,6 +37,13 @@ def store(config: Config):
 def run_template(args: argparse.Namespace, config: Config, template: m.ImageTemplate, name: str, text: str,
                  template_path: str | None, template_sha256: str | None = None) -> int:
     """Builds a template (one-shot or stored), with the progress view the arguments ask for."""
+    if config.fleet is not None:  # any host of the fleet may build it
+        from orchestrator.fleet_commands import submit_and_wait
+
+        one_shot = template_sha256 is None
+        if one_shot:
+            args.resolved_parameters = load_parameters(args)
+        return submit_and_wait(args, config, template, name, text, template_path, template_sha256, one_shot)
     from orchestrator.engine import Engine
     from orchestrator.service.progress import Reporter
     from orchestrator.views import open_view
@@ -183,10 +190,12 @@ def _stamp(t: float) -> str:
 # --- runs -------------------------------------------------------------------------------------
 def _print_runs(args: argparse.Namespace, runs: list[dict[str, Any]]) -> int:
     if args.json:
-        emit([{"id": r["id"], "templateName": r["template_name"], "lastRunStatus": last_run_status(r)} for r in runs])
+        emit([{"id": r["id"], "templateName": r["template_name"], "host": r.get("host"),
+               "lastRunStatus": last_run_status(r)} for r in runs])
     else:
         for r in runs:
-            print(f"{r['id']}  {r['template_name']}  {r['run_state']}/{r['run_sub_state']}  {r['message'] or ''}")
+            host = f"  on {r['host']}" if r.get("host") else ""
+            print(f"{r['id']}  {r['template_name']}  {r['run_state']}/{r['run_sub_state']}{host}  {r['message'] or ''}")
     return 0
 
 
@@ -215,12 +224,13 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     data = {"id": run["id"], "templateName": run["template_name"], "source": run["source"],
             "resolvedVersion": run["resolved_version"], "buildDigest": run["build_digest"],
             "log": run["log_path"], "console": run.get("console_path"), "lastRunStatus": last_run_status(run),
-            "runOutputs": state.outputs(run["id"]), "proof": run_proof(run)}
+            "runOutputs": state.outputs(run["id"]), "proof": run_proof(run), "host": run.get("host")}
     if args.json:
         emit(data)
     else:
         status = data["lastRunStatus"]
-        print(f"{run['id']} {run['template_name']}: {status['runState']} ({status['runSubState']}) {status['message']}")
+        print(f"{run['id']} {run['template_name']}: {status['runState']} ({status['runSubState']}) {status['message']}"
+              + (f" [host {run['host']}]" if run.get("host") else ""))
         for output in data["runOutputs"]:
             print(f"  {output['name']}: {output['properties']['provisioningState']} {output['properties']['artifactUri'] or ''}")
         print_proof(data["proof"])
@@ -247,7 +257,16 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     from orchestrator.service.cancel import cancel_run
 
     state = store(config)  # a run whose process is gone is recovered here, and then has ended
-    result = cancel_run(state, get_run(state, args.run_id, args.template), lambda: store(config))
+    run = get_run(state, args.run_id, args.template)
+    if not state.is_local(run):  # a fleet's run on another host, or on none yet
+        from orchestrator.service import fleet
+
+        if run["run_state"] not in ACTIVE:
+            from orchestrator.service.runs import next_state
+            next_state(run["run_state"], "cancel", run["id"])  # raises: it has ended
+        result = fleet.cancel(config, state, run)
+    else:
+        result = cancel_run(state, run, lambda: store(config))
     if args.json:
         emit({"ok": True, "runId": result.run_id, "runState": "Canceling", "message": result.message})
     elif result.again:

@@ -62,9 +62,9 @@ def _stores(config: Config, write: bool):
     from orchestrator.effects.store_state import StoreState
 
     if write:
-        state = StateStore(config.ensure().db_path)
+        state = StateStore.for_config(config.ensure())
     else:
-        state = StateStore.existing(config.db_path)
+        state = StateStore.for_config(config, read_only=True)
         if state is None:
             return None, None
     return state, StoreState(state)

@@ -6,6 +6,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$here/scripts/setup-host.sh"
+"$here/scripts/test-services.sh"  # PostgreSQL and RabbitMQ for the fleet's tests
 cd "$here"
 # Two workers (pytest-xdist), a test file each at a time: two TCG builds at once take ~1.3x the
 # time of one on these 2-core machines, so the real builds finish in about two thirds of the

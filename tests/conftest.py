@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +52,49 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def config(home: Path) -> Config:
     return Config(home=home, accelerator=os.environ.get("ORCHESTRATOR_ACCELERATOR", "auto")).ensure()
+
+
+@pytest.fixture(scope="session")
+def postgresql(tmp_path_factory):
+    """A PostgreSQL cluster of this test session's own (Debian's postgresql, on 127.0.0.1)."""
+    from fleet_services import postgresql_available, start_postgresql
+
+    if not postgresql_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: scripts/test-services.sh installs it", pytrace=False)
+        pytest.skip("PostgreSQL is not installed (scripts/test-services.sh installs it)")
+    # not under pytest's temporary directory: it is root's alone, and PostgreSQL runs as postgres
+    base = Path(tempfile.mkdtemp(prefix="orchestrator-test-pg-"))
+    cluster = start_postgresql(base)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def fleet_config(home: Path, database_url: str, host: str = "test-host", **fields) -> Config:
+    """A data home of one fleet host whose state is in `database_url` (the broker URL names
+    nothing that listens unless a test starts one)."""
+    from orchestrator.config import FleetConfig
+
+    broker = fields.pop("broker_url", "amqp://orchestrator:not-used@127.0.0.1:9/none")
+    labels = tuple(fields.pop("labels", ("linux",)))
+    fleet = FleetConfig(broker, database_url, host, labels)
+    home.mkdir(parents=True, exist_ok=True)
+    file = home / "config.toml"  # the CLI (`--home`) reads the same
+    file.write_text(f'[fleet]\nbroker = "{broker}"\ndatabase = "{database_url}"\nhost = "{host}"\n'
+                    f'labels = {list(labels)!r}\n'.replace("'", '"'))
+    file.chmod(0o600)
+    return Config(home=home, accelerator=os.environ.get("ORCHESTRATOR_ACCELERATOR", "auto"), fleet=fleet,
+                  config_file=file, **fields).ensure()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_config(request, home: Path) -> Config:
+    """A data home on each state backend: SQLite under it, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return Config(home=home, accelerator=os.environ.get("ORCHESTRATOR_ACCELERATOR", "auto")).ensure()
+    cluster = request.getfixturevalue("postgresql")
+    return fleet_config(home, cluster.create_database("t" + os.urandom(6).hex()))
 
 
 @pytest.fixture

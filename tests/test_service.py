@@ -17,7 +17,7 @@ import pytest
 from helpers import dumps, linux_template
 from orchestrator.cli import main
 from orchestrator.core.redact import Redactor, scrub, secure_parameter_values, url_secrets
-from orchestrator.effects.proc import RUN_ENV, Stop, process_start_time, run_processes
+from orchestrator.effects.proc import RUN_ENV, RUN_HOST_ENV, Stop, process_start_time, run_processes
 from orchestrator.effects.state import StateStore
 from orchestrator.effects.state_schema import SCHEMA_VERSION
 from orchestrator.errors import Canceled, EnvironmentProblem, UsageError
@@ -27,6 +27,12 @@ from orchestrator.service.queue import Capacity, Demand, LocalAdmission
 from orchestrator.service.recovery import recover
 from orchestrator.service.runs import AlreadyCanceling, RunEnded, Runs, next_state
 from orchestrator.views import open_view
+
+
+@pytest.fixture
+def config(any_config):
+    """The state tests run on SQLite and on PostgreSQL (a fleet's database)."""
+    return any_config
 
 
 def _log(config):
@@ -62,7 +68,7 @@ def test_a_second_cancel_is_told_so():
 
 
 def test_transitions_are_applied_to_the_database(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     runs = Runs(state)
     run_id = _start(state, config)
     runs.sub_state(run_id, "Customizing")
@@ -80,7 +86,7 @@ def test_transitions_are_applied_to_the_database(config):
 
 # --- admission --------------------------------------------------------------------------------
 def test_runs_wait_in_fifo_order_for_capacity(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     queue = LocalAdmission(state, Capacity(cpus=2, memory_mib=4096))
     first, second, third = (_start(state, config, f"t{i}") for i in range(3))
     small = lambda name: Demand(1, 1024, (f"template:{name}",))  # noqa: E731
@@ -108,7 +114,7 @@ def test_runs_wait_in_fifo_order_for_capacity(config):
 
 
 def test_a_later_smaller_run_does_not_overtake_the_first_in_line(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     queue = LocalAdmission(state, Capacity(cpus=2, memory_mib=8192))
     first, big, small = (_start(state, config, f"t{i}") for i in range(3))
     queue.admit(first, Demand(1, 1024, ()), Stop(), lambda why: None)
@@ -135,7 +141,7 @@ def test_a_later_smaller_run_does_not_overtake_the_first_in_line(config):
 
 
 def test_two_runs_of_one_template_never_build_at_once(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     queue = LocalAdmission(state, Capacity(cpus=64, memory_mib=1 << 20))
     first, second = _start(state, config, "web"), _start(state, config, "web")
     queue.admit(first, Demand(1, 512, ("template:web",)), Stop(), lambda why: None)
@@ -152,7 +158,7 @@ def test_two_runs_of_one_template_never_build_at_once(config):
 
 
 def test_a_run_larger_than_the_capacity_runs_alone(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     queue = LocalAdmission(state, Capacity(cpus=1, memory_mib=512))
     run_id = _start(state, config)
     queue.admit(run_id, Demand(8, 32768, ()), Stop(), lambda why: pytest.fail(why))
@@ -168,7 +174,7 @@ def dead_pid():
 
 
 def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     run_id = state.start_run("t", None, _log(config), pid=dead_pid, pid_start_time=12345)
     staging = config.home / "staging" / run_id
     (staging / "tmp").mkdir(parents=True)
@@ -185,7 +191,8 @@ def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
     default_partial.write_bytes(b"half")
     # its claims, as admission records them; it died before recording its staging
     state.update_run(run_id, claims=json.dumps([f"file:{vhd}", f"file:{default}"]))
-    orphan = subprocess.Popen(["sleep", "600"], env={**os.environ, RUN_ENV: run_id})
+    host = {RUN_HOST_ENV: config.fleet.host} if config.fleet else {}  # a fleet host's processes carry its name
+    orphan = subprocess.Popen(["sleep", "600"], env={**os.environ, RUN_ENV: run_id, **host})
     try:
         # until the child has exec'd, /proc shows the parent's environment: wait for that, not a time
         deadline = time.monotonic() + 30
@@ -206,14 +213,14 @@ def test_recovery_ends_a_dead_run_and_its_orphans(config, dead_pid, tmp_path):
 
 
 def test_recovery_leaves_live_runs_alone(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     run_id = _start(state, config)
     assert recover(config, state) == []
     assert state.run(run_id)["run_state"] == "Running"
 
 
 def test_a_dead_canceling_run_ends_canceled(config, dead_pid):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     run_id = state.start_run("t", None, _log(config), pid=dead_pid, pid_start_time=1)
     Runs(state).transition(run_id, "cancel")
     recover(config, state)
@@ -222,7 +229,7 @@ def test_a_dead_canceling_run_ends_canceled(config, dead_pid):
 
 # --- stored templates -------------------------------------------------------------------------
 def test_template_create_is_refused_for_another_body_unless_update(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     assert templates.create(state, "web", "{}", {}, None)[0] == "created"
     assert templates.create(state, "web", "{}", {}, None)[0] == "unchanged"
     with pytest.raises(UsageError, match="exists with another body") as err:
@@ -235,14 +242,14 @@ def test_template_create_is_refused_for_another_body_unless_update(config):
 
 
 def test_two_creates_of_one_name_at_once_store_one_body(config):
-    StateStore(config.ensure().db_path)
+    StateStore.for_config(config.ensure())
     results: list[object] = []
     barrier = threading.Barrier(8)
 
     def create(body: str) -> None:
         barrier.wait()
         try:
-            results.append(templates.create(StateStore(config.db_path), "race", body, {}, None)[0])
+            results.append(templates.create(StateStore.for_config(config), "race", body, {}, None)[0])
         except UsageError as exc:
             results.append(exc.message)
 
@@ -256,7 +263,7 @@ def test_two_creates_of_one_name_at_once_store_one_body(config):
 
 
 def test_template_delete_refuses_while_a_run_is_active_and_keeps_ownership(config):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     templates.create(state, "web", "{}", {}, None)
     run_id = _start(state, config, "web")
     with pytest.raises(UsageError, match="has a run in progress"):
@@ -291,7 +298,7 @@ def test_template_verbs_on_the_command_line(config, tmp_path, capsys):
 
 
 def test_a_run_of_another_template_is_refused(config, capsys):
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     run_id = _start(state, config, "web")
     Runs(state).end(run_id, "succeed")
     assert main(["--home", str(config.home), "status", run_id, "--template", "db"]) == 2
@@ -303,18 +310,32 @@ def test_a_run_of_another_template_is_refused(config, capsys):
 # --- schema -----------------------------------------------------------------------------------
 def test_a_database_from_a_newer_orchestrator_is_refused_untouched(config, capsys):
     config.ensure()
-    with sqlite3.connect(config.db_path) as db:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    before = config.db_path.read_bytes()
+    if config.fleet:
+        import psycopg
+        StateStore.for_config(config)
+        with psycopg.connect(config.database_url, autocommit=True) as db:
+            db.execute("UPDATE orchestrator_schema SET version = %s", (SCHEMA_VERSION + 1,))
+            before = db.execute("SELECT count(*) FROM information_schema.columns").fetchone()
+    else:
+        with sqlite3.connect(config.db_path) as db:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        before = config.db_path.read_bytes()
     with pytest.raises(EnvironmentProblem, match="made by a newer orchestrator") as err:
-        StateStore(config.db_path)
+        StateStore.for_config(config)
     assert err.value.exit_code == 6
     assert main(["--home", str(config.home), "runs"]) == 6
     assert "newer orchestrator" in capsys.readouterr().err
-    assert config.db_path.read_bytes() == before
+    if config.fleet:
+        with psycopg.connect(config.database_url, autocommit=True) as db:
+            assert db.execute("SELECT count(*) FROM information_schema.columns").fetchone() == before
+            assert db.execute("SELECT version FROM orchestrator_schema").fetchone()[0] == SCHEMA_VERSION + 1
+    else:
+        assert config.db_path.read_bytes() == before
 
 
 def test_a_version_1_database_is_migrated(config):
+    if config.fleet:
+        pytest.skip("a version 1 database is an SQLite file (PostgreSQL came with version 8)")
     config.ensure()
     with sqlite3.connect(config.db_path) as db:
         db.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, template_name TEXT NOT NULL, template_path TEXT, "

@@ -37,7 +37,7 @@ RECOVER_EVERY = 1.0  # seconds between two looks for runs whose process died
 def create_app(config: Config, default_subscription: str, default_resource_group: str) -> FastAPI:
     """`default_*`: where a template the CLI created lives, as a REST resource."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     state.hold_open()
     app.add_middleware(BodyLimit)
     app.add_middleware(Audit, config=config)  # a 413 is audited too

@@ -79,9 +79,10 @@ def token_for(state: Any, token: str) -> Token | None:
 # --- template resources ------------------------------------------------------------------------
 def put_resource(db: Any, resource: Resource) -> None:
     """In the caller's transaction (the template's own write)."""
-    db.execute("INSERT OR REPLACE INTO template_resources VALUES (?,?,?,?,?,?)", (
-        resource.name, resource.subscription, resource.resource_group, resource.location,
-        json.dumps(resource.tags), json.dumps(resource.identity)))
+    db.replace("template_resources", {
+        "name": resource.name, "subscription": resource.subscription, "resource_group": resource.resource_group,
+        "location": resource.location, "tags": json.dumps(resource.tags), "identity": json.dumps(resource.identity)},
+        key=("name",))
 
 
 def resource(state: Any, name: str) -> Resource | None:

@@ -19,6 +19,7 @@ SETUP_HINT = "run scripts/setup-host.sh (as root) to install Packer, QEMU and th
 _children: set[subprocess.Popen] = set()
 _children_lock = threading.RLock()  # reentrant: Stop.request runs in a signal handler too
 RUN_ENV = "ORCHESTRATOR_RUN"  # every process a run starts carries its id: recovery finds them by it
+RUN_HOST_ENV = "ORCHESTRATOR_RUN_HOST"  # and, in a fleet, the build host's name
 
 
 def run(argv: Sequence[str], what: str, timeout: float | None = 600,
@@ -77,10 +78,13 @@ class Stop(threading.Event):
         return self.reason == "timeout"
 
 
-def run_processes(run_id: str) -> list[int]:
+def run_processes(run_id: str, host: str | None = None) -> list[int]:
     """The live processes started for run `run_id` (Packer, its plugins, QEMU, qemu-img): found
-    by the ORCHESTRATOR_RUN variable they inherited, so they are found after their parent died."""
+    by the ORCHESTRATOR_RUN variable they inherited, so they are found after their parent died.
+    `host`: only those a fleet's build host of this name started (two hosts of a test fleet may
+    share one machine, and a run dispatched again may be building on the other)."""
     marker = f"{RUN_ENV}={run_id}".encode() + b"\0"
+    host_marker = f"{RUN_HOST_ENV}={host}".encode() + b"\0" if host else b""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -89,14 +93,15 @@ def run_processes(run_id: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in environ + b"\0":
+        environ += b"\0"
+        if marker in environ and host_marker in environ:
             found.append(int(entry.name))
     return found
 
 
-def kill_run_processes(run_id: str, patience: float = 30.0) -> int:
+def kill_run_processes(run_id: str, patience: float = 30.0, host: str | None = None) -> int:
     """SIGKILLs every process of the run until none is left; returns how many there were."""
-    return kill_until_gone(lambda: run_processes(run_id), patience)
+    return kill_until_gone(lambda: run_processes(run_id, host), patience)
 
 
 def kill_until_gone(find: Callable[[], list[int]], patience: float) -> int:
@@ -197,17 +202,22 @@ def line_queue(stream: IO[AnyStr]) -> "queue.Queue[AnyStr | None]":
 
 
 @contextmanager
-def run_environment(run_id: str) -> Iterator[None]:
-    """Every process the run starts inherits its id in RUN_ENV (recovery finds orphans by it)."""
-    before = os.environ.get(RUN_ENV)
-    os.environ[RUN_ENV] = run_id
+def run_environment(run_id: str, host: str | None = None) -> Iterator[None]:
+    """Every process the run starts inherits its id in RUN_ENV (recovery finds orphans by it),
+    and in a fleet the build host's name in RUN_HOST_ENV."""
+    values = {RUN_ENV: run_id, RUN_HOST_ENV: host}
+    before = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is not None:
+            os.environ[name] = value
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(RUN_ENV, None)
-        else:
-            os.environ[RUN_ENV] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """Run state, run outputs and the base image catalog, in one SQLite file under the data home."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.effects.state_schema import check_version, migrate
+from orchestrator.effects.database import Connection, Database, DatabaseError, database_error_text, postgresql_problem
+from orchestrator.effects.state_schema import SCHEMA_VERSION, check_version, migrate, needs_migration
 from orchestrator.errors import EnvironmentProblem
 
 
@@ -33,36 +34,65 @@ LOCK_TIMEOUT_SECONDS = 30.0
 
 class StateStore:
     """Every method is one transaction. `read_only` opens an existing database without creating
-    or changing anything (validate and plan must not create the data home)."""
+    or changing anything (validate and plan must not create the data home). `path` is the SQLite
+    file under the data home; `url`, when given, a fleet's PostgreSQL database instead."""
 
-    def __init__(self, path: Path, *, read_only: bool = False, lock_timeout: float = LOCK_TIMEOUT_SECONDS) -> None:
+    def __init__(self, path: Path | None, *, read_only: bool = False, lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+                 url: str | None = None) -> None:
         self.path = path
         self.read_only = read_only
         self.lock_timeout = lock_timeout
-        self._held: sqlite3.Connection | None = None
-        if not read_only:
-            if not path.exists():  # owner-only from the start: it names every run and artifact
+        self._held: Any = None
+        self.host: str | None = None  # a fleet's: the build host this process speaks for
+        self.version = SCHEMA_VERSION
+        if url is None:
+            assert path is not None
+            if not read_only and not path.exists():  # owner-only from the start: it names every run and artifact
                 try:
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 except FileExistsError:  # another first command made it meanwhile
                     pass
-            db = self._open()
-            db.isolation_level = None  # the migration takes its own transaction
-            try:
-                migrate(db, path)
-            except sqlite3.Error as exc:
-                raise self._problem(exc) from None
-            finally:
-                db.close()
+            url = f"sqlite:///{path}"
+        self.database = Database(url, read_only=read_only, lock_timeout=lock_timeout)
+        self.label = str(path) if self.database.dialect == "sqlite" else self.database.label
+        if read_only:
+            with self._connect() as db:
+                self.version = check_version(db, self.label)
+            return
+        try:
+            with self.database.transaction() as db:
+                stale = needs_migration(db, self.label)
+            if stale:
+                with self.database.transaction(immediate=True) as db:
+                    migrate(db, self.label)
+            if self.database.dialect == "sqlite":
+                with self.database.autocommit() as db:
+                    db.execute("PRAGMA journal_mode = WAL")  # persistent: set once, outside a transaction
+        except DatabaseError as exc:
+            raise self._problem(exc) from None
+
+    @classmethod
+    def for_config(cls, config: Any, *, read_only: bool = False) -> "StateStore | None":
+        """The state of this data home, or of the fleet's database when [fleet] names one;
+        read-only: None if a data home never recorded anything."""
+        if config.fleet is not None:
+            state = cls(None, url=config.fleet.database_url, read_only=read_only)
+            state.host = config.fleet.host
+            return None if read_only and state.version == 0 else state  # a fleet that never recorded anything
+        if read_only:
+            return cls.existing(config.db_path)
+        return cls(config.db_path)
 
     def hold_open(self) -> None:
         """Keeps one idle connection for the life of this store (a long-lived server). Every call
         still has its own connection and transaction, but closing it is never closing the last
         one: SQLite then checkpoints and deletes the WAL (an fsync and an exclusive lock that the
         next call's open waits for) on every call. Idle, it pins no snapshot."""
-        if self._held is None:
-            held = self._open()
-            held.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the WAL's shared lock, from now on
+        if self._held is None and self.database.dialect == "sqlite":
+            held = self.database.raw()
+            cursor = held.cursor()
+            cursor.execute("SELECT count(*) FROM sqlite_master")  # the WAL's shared lock, from now on
+            cursor.fetchone()
             self._held = held
 
     @classmethod
@@ -70,70 +100,55 @@ class StateStore:
         """The database if there is one, opened read-only; None if nothing was ever recorded."""
         return cls(path, read_only=True) if path.is_file() else None
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (sqlite3's own: BEGIN before the first change, COMMIT at the end)."""
-        db = self._open()
-        try:
-            with db:
-                yield db
-        except sqlite3.Error as exc:
-            raise self._problem(exc) from None
-        finally:
-            db.close()
+    @property
+    def dialect(self) -> str:
+        return self.database.dialect
 
     @contextmanager
-    def immediate(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken before the first read (BEGIN IMMEDIATE): what it reads
-        cannot change before it writes (admission, template create, version allocation)."""
-        db = self._open()
-        db.isolation_level = None
+    def _connect(self) -> Iterator[Connection]:
+        """One transaction; a change takes the write lock, held until it commits."""
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self.database.transaction() as db:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             raise self._problem(exc) from None
-        finally:
-            db.close()
 
-    def _open(self) -> sqlite3.Connection:
+    def transaction(self):
+        """One transaction, for a module that keeps tables of its own (a change takes the lock)."""
+        return self._connect()
+
+    @contextmanager
+    def immediate(self) -> Iterator[Connection]:
+        """A write transaction that takes the write lock before the first read (SQLite's BEGIN
+        IMMEDIATE): what it reads cannot change before it writes (admission, template create,
+        version allocation)."""
         try:
-            if self.read_only:
-                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.lock_timeout)
-                check_version(db, self.path)
-            else:
-                db = sqlite3.connect(self.path, timeout=self.lock_timeout)
-        except sqlite3.Error as exc:
+            with self.database.transaction(immediate=True) as db:
+                yield db
+        except DatabaseError as exc:
             raise self._problem(exc) from None
-        db.row_factory = sqlite3.Row
-        return db
 
-    def _problem(self, exc: sqlite3.Error) -> EnvironmentProblem:
-        text = str(exc)
+    def _problem(self, exc: BaseException) -> EnvironmentProblem:
+        text = database_error_text(exc)
+        if self.database.dialect == "postgresql":
+            return postgresql_problem(self.label, text)
         if "locked" in text or "busy" in text:
             return EnvironmentProblem(
-                f"the state database {self.path} is locked: another process held it for more than "
+                f"the state database {self.label} is locked: another process held it for more than "
                 f"{self.lock_timeout:.0f} s", hint="wait for the other orchestrate process to finish (or stop it), "
                 "then run the command again")
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return EnvironmentProblem(
-                f"the state database {self.path} is corrupt ({text})",
-                hint=f"move it aside (mv {self.path} {self.path}.broken) to start a new one; "
+                f"the state database {self.label} is corrupt ({text})",
+                hint=f"move it aside (mv {self.label} {self.label}.broken) to start a new one; "
                      "built images and logs under the data home stay where they are")
-        return EnvironmentProblem(f"the state database {self.path} cannot be used: {text}",
+        return EnvironmentProblem(f"the state database {self.label} cannot be used: {text}",
                                   hint="check the file, its permissions and the free disk space")
 
     # --- catalog -------------------------------------------------------------------------
     def add_image(self, record: ImageRecord) -> None:
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?,?,?)", (
-                record.publisher, record.offer, record.sku, record.version, record.path,
-                record.format, record.virtual_size, record.sha256, record.imported_at))
+            db.replace("images", dataclasses.asdict(record), key=("publisher", "offer", "sku", "version"))
 
     def images(self, publisher: str | None = None, offer: str | None = None,
                sku: str | None = None) -> list[ImageRecord]:
@@ -151,14 +166,19 @@ class StateStore:
                   template_sha256: str | None = None) -> str:
         """A new run, Running/Queued, with the process that runs it from its first instant (so
         that recovery never takes a run being started for a dead one)."""
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        run_id = new_run_id()
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs (id, template_name, template_path, run_state, run_sub_state, "
-                "log_path, start_time, pid, pid_start_time, template_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "log_path, start_time, pid, pid_start_time, template_sha256, host) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, template_name, template_path, "Running", "Queued", str(log_path_for(run_id)),
-                 time.time(), pid, pid_start_time, template_sha256))
+                 time.time(), pid, pid_start_time, template_sha256, self.host))
         return run_id
+
+    def is_local(self, run: dict[str, Any]) -> bool:
+        """Whether this host builds the run (its pid means something here): every run on one
+        host; in a fleet, the runs recorded with this host's name."""
+        return self.host is None or (run.get("host") or "").lower() == self.host.lower()
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if not fields:
@@ -200,10 +220,11 @@ class StateStore:
     def set_output(self, run_id: str, name: str, kind: str, state: str, artifact_id: str | None = None,
                    artifact_uri: str | None = None, details: dict[str, Any] | None = None) -> None:
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO run_outputs VALUES (?,?,?,?,?,?,?)", (
-                run_id, name, kind, artifact_id, artifact_uri, state, json.dumps(details or {})))
+            db.replace("run_outputs", output_row(run_id, name, kind, artifact_id, artifact_uri, state, details),
+                       key=("run_id", "name"))
             if artifact_id and state == "Succeeded":
-                db.execute("INSERT OR IGNORE INTO owned_artifacts VALUES (?,?,?)", (artifact_id, run_id, time.time()))
+                db.execute("INSERT INTO owned_artifacts VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                           (artifact_id, run_id, time.time()))
 
     def outputs(self, run_id: str, internal: bool = False) -> list[dict[str, Any]]:
         """The run outputs in AIB's shape; `internal` adds orchestrator's own bookkeeping keys
@@ -231,7 +252,7 @@ class StateStore:
     # --- stored templates ------------------------------------------------------------------
     def put_template(self, name: str, body: str, parameters: dict[str, Any], file_path: str | None,
                      sha256: str, *, update: bool,
-                     also: Callable[[sqlite3.Connection], None] | None = None) -> str:
+                     also: Callable[[Connection], None] | None = None) -> str:
         """Stores a template: "created", "unchanged" (same hash), "updated" (`update`), or
         "conflict" (another body is stored and `update` is false). One write transaction, so
         two concurrent creates of one name store one body; `also` writes with it (the REST
@@ -280,6 +301,17 @@ class StateStore:
             db.execute("DELETE FROM templates WHERE name = ?", (row["name"],))
             db.execute("DELETE FROM template_resources WHERE name = ?", (row["name"],))  # its REST resource
             return "deleted", runs
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def output_row(run_id: str, name: str, kind: str, artifact_id: str | None, artifact_uri: str | None,
+               state: str, details: dict[str, Any] | None) -> dict[str, Any]:
+    """A run_outputs row, as `Connection.replace` takes it."""
+    return {"run_id": run_id, "name": name, "kind": kind, "artifact_id": artifact_id, "artifact_uri": artifact_uri,
+            "provisioning_state": state, "details": json.dumps(details or {})}
 
 
 def _output(row: dict[str, Any], internal: bool = False) -> dict[str, Any]:

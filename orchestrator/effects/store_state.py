@@ -15,57 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from orchestrator.core.resource_ids import ResourceId, format_version, parse_version
-from orchestrator.effects.state import StateStore
+from orchestrator.effects.state import StateStore, output_row
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS store_objects (
-    key TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    resource_id TEXT NOT NULL,
-    parent_key TEXT,
-    version TEXT,
-    v_major INTEGER, v_minor INTEGER, v_patch INTEGER,
-    state TEXT NOT NULL,
-    run_id TEXT,
-    run_output TEXT,
-    source TEXT,
-    sha256 TEXT,
-    size INTEGER,
-    virtual_size INTEGER,
-    location TEXT,
-    exclude_from_latest INTEGER NOT NULL DEFAULT 0,
-    storage_account_type TEXT,
-    os_type TEXT,
-    tags TEXT,
-    created_at REAL NOT NULL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS store_objects_parent ON store_objects(parent_key);
-CREATE TABLE IF NOT EXISTS store_volumes (
-    object_key TEXT NOT NULL,
-    region TEXT NOT NULL,
-    pool TEXT NOT NULL,
-    volume TEXT NOT NULL,
-    partial TEXT NOT NULL,
-    path TEXT,
-    replica_count INTEGER NOT NULL DEFAULT 1,
-    storage_account_type TEXT,
-    PRIMARY KEY (object_key, region)
-);
-CREATE TABLE IF NOT EXISTS store_containers (
-    key TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    resource_id TEXT NOT NULL,
-    parent_key TEXT,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS store_uses (
-    run_id TEXT NOT NULL,
-    object_key TEXT NOT NULL,
-    role TEXT NOT NULL,
-    PRIMARY KEY (run_id, object_key, role)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -90,13 +41,7 @@ class DuplicateObject(Exception):
 class StoreState:
     def __init__(self, state: StateStore) -> None:
         self.state = state
-        if not state.read_only:
-            with state._connect() as db:
-                db.executescript(_SCHEMA)
-                columns = {row[1] for row in db.execute("PRAGMA table_info(store_objects)")}
-                if "os_type" not in columns:  # a store made before the OS was recorded
-                    db.execute("ALTER TABLE store_objects ADD COLUMN os_type TEXT")
-        self._ready = not state.read_only
+        self._ready = not state.read_only  # a read-only database made before schema 8 lacks the tables
 
     def _db(self):
         return self.state._connect()
@@ -104,8 +49,7 @@ class StoreState:
     def _has_tables(self, db) -> bool:
         if self._ready:
             return True
-        row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='store_objects'").fetchone()
-        self._ready = row is not None
+        self._ready = db.has_table("store_objects")
         return self._ready
 
     # --- creating an object --------------------------------------------------------------
@@ -117,8 +61,7 @@ class StoreState:
         """Records a managed image or image version as Creating, with the volumes it will have,
         in one write transaction. For a definition ID, `version_for` picks the version from every
         version the definition has (in any state) inside that transaction. Raises DuplicateObject."""
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.state.immediate() as db:
             if rid.kind == "ImageDefinition":
                 rows = db.execute("SELECT v_major, v_minor, v_patch FROM store_objects WHERE parent_key = ?",
                                   (rid.key,)).fetchall()
@@ -132,7 +75,7 @@ class StoreState:
             parent = rid.image_definition.key if rid.kind == "ImageVersion" else None
             if parent is not None:
                 for container in (rid.gallery, rid.image_definition):
-                    db.execute("INSERT OR IGNORE INTO store_containers VALUES (?,?,?,?,?)", (
+                    db.execute("INSERT INTO store_containers VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", (
                         container.key, container.kind, container.resource_id,
                         rid.gallery.key if container.kind == "ImageDefinition" else None, now))
             db.execute(
@@ -159,8 +102,8 @@ class StoreState:
                            (v.path, key, v.region))
             db.execute("UPDATE store_objects SET state = 'Succeeded', sha256 = ?, size = ?, virtual_size = ?, "
                        "finished_at = ? WHERE key = ?", (sha256, size, virtual_size, time.time(), key))
-            db.execute("INSERT OR REPLACE INTO run_outputs VALUES (?,?,?,?,?,?,?)", (
-                run_id, name, kind, artifact_id, artifact_uri, "Succeeded", json.dumps(details)))
+            db.replace("run_outputs", output_row(run_id, name, kind, artifact_id, artifact_uri, "Succeeded", details),
+                       key=("run_id", "name"))
 
     def forget(self, key: str) -> None:
         """Removes an object and its volume records (its volumes are gone)."""
@@ -229,7 +172,7 @@ class StoreState:
     # --- which runs use what -------------------------------------------------------------
     def use(self, run_id: str, key: str, role: str) -> None:
         with self._db() as db:
-            db.execute("INSERT OR IGNORE INTO store_uses VALUES (?,?,?)", (run_id, key, role))
+            db.execute("INSERT INTO store_uses VALUES (?,?,?) ON CONFLICT DO NOTHING", (run_id, key, role))
 
     def users(self, key: str) -> list[dict[str, Any]]:
         """The runs (with pid and state) recorded as using `key` or anything under it."""

@@ -37,10 +37,11 @@ def record(db: Any, layer: str, layer_sha256: str, warm: dict[str, Any], machine
         raise CheckpointFailed(f"the warm state {state} cannot be registered: {exc.strerror or exc}") from None
     row = WarmState(state, digest, size, layer_sha256, machine, key, public_key.strip(),
                     float(warm.get("pause_seconds", 0.0)))
-    db.execute("INSERT OR REPLACE INTO warm_states (layer_path, path, sha256, size_bytes, layer_sha256, machine, "
-               "key_path, public_key, pause_seconds, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-               (norm(layer), row.path, row.sha256, row.size_bytes, row.layer_sha256, machine.to_json(), row.key_path,
-                row.public_key, row.pause_seconds, time.time()))
+    db.replace("warm_states", {
+        "layer_path": norm(layer), "path": row.path, "sha256": row.sha256, "size_bytes": row.size_bytes,
+        "layer_sha256": row.layer_sha256, "machine": machine.to_json(), "key_path": row.key_path,
+        "public_key": row.public_key, "pause_seconds": row.pause_seconds, "created_at": time.time()},
+        key=("layer_path",))
     return row
 
 

@@ -21,6 +21,9 @@ from orchestrator.config import Config, make_private_dir
 _MAX_TEMP_PATH = 80
 
 
+TEMP_POINTER = "temp-dir"  # in the staging root: where Packer's temporaries are, when not in it
+
+
 @dataclass
 class Staging:
     root: Path
@@ -40,6 +43,7 @@ class Staging:
             if len(base) + 1 + len(prefix) + 8 > _MAX_TEMP_PATH:
                 base = "/tmp"
             temp = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+            (root / TEMP_POINTER).write_text(str(temp))  # a fleet host's sweep finds it by this
         return cls(root, temp)
 
     @property

@@ -132,7 +132,7 @@ def run_nightly(config: Config, names: Sequence[str] | None, *, force: bool = Fa
     night_id = time.strftime("%Y%m%d-%H%M%S-", time.localtime(started)) + uuid.uuid4().hex[:6]
     directory = nightly_dir(config)
     with exclusive(directory / "nightly.lock", "another nightly run of this data home"):
-        state = StateStore(config.db_path)
+        state = StateStore.for_config(config)
         recover(config, state)
         night = _read(config, state)
         redact = Redactor.of(s for t in night.models.values() if t is not None for s in t.secrets)

@@ -79,21 +79,24 @@ class LocalAdmission:
         """Admits the run if it is first in line and fits; else why it waits."""
         with self.state.immediate() as db:
             active = [dict(r) for r in db.execute(
-                "SELECT id, template_name, cpus, memory_mib, claims, admitted_at FROM runs "
+                "SELECT id, template_name, cpus, memory_mib, claims, admitted_at, host FROM runs "
                 "WHERE run_state IN ('Running', 'Canceling') ORDER BY rowid")]
+            # a fleet: this host's capacity and line; no two runs anywhere write one output
+            claimed = [r for r in active if r["admitted_at"] is not None]
+            active = [r for r in active if self.state.is_local(r)]
             admitted = [r for r in active if r["admitted_at"] is not None]
             queued = [r for r in active if r["admitted_at"] is None and r["cpus"] is not None]
             ahead = next((i for i, r in enumerate(queued) if r["id"] == run_id), 0)
             if ahead:
                 return f"queued: {ahead} run(s) ahead ({', '.join(r['id'] for r in queued[:ahead][:3])})"
-            why = self._blocked(demand, admitted)
+            why = self._blocked(demand, admitted, claimed)
             if why:
                 return why
             db.execute("UPDATE runs SET admitted_at = ? WHERE id = ?", (time.time(), run_id))
             return None
 
-    def _blocked(self, demand: Demand, admitted: list[dict[str, Any]]) -> str | None:
-        for other in admitted:
+    def _blocked(self, demand: Demand, admitted: list[dict[str, Any]], claimed: list[dict[str, Any]]) -> str | None:
+        for other in claimed:
             shared = set(demand.claims) & set(json.loads(other["claims"] or "[]"))
             if shared:
                 return f"queued: run {other['id']} writes the same output ({sorted(shared)[0]})"

@@ -38,14 +38,14 @@ def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: N
     ended meanwhile (its kept disk, say) is never cleaned up by mistake."""
     recovered = []
     for run in state.active_runs():
-        if not is_dead(run):
+        if not state.is_local(run) or not is_dead(run):  # another host's run: its pid is not ours
             continue
         message = (f"the orchestrate process of this run (pid {run.get('pid')}) ended without recording a result "
                    "(killed, or the host restarted)")
-        new = Runs(state).end_if_dead(run["id"], is_dead, message)
+        new = Runs(state).end_if_dead(run["id"], lambda row: state.is_local(row) and is_dead(row), message)
         if new is None:
             continue  # another process recovered it first, or it ended meanwhile
-        killed = kill_run_processes(run["id"])
+        killed = kill_run_processes(run["id"], host=state.host)
         proof_vms = _stop_proof_vm(config, run)  # libvirtd's child, not the run's: by its name
         kept = _register_checkpoints(config, state, run)  # its QEMU is gone: what it froze stays
         removed = _remove_leftovers(config, run)
@@ -63,6 +63,29 @@ def recover(config: Config, state: Any, say: Callable[[str], None] = lambda s: N
     if recovered:
         _sweep_publishes(config, state, say)
     return recovered
+
+
+def sweep_host_leftovers(config: Config, state: Any) -> list[str]:
+    """A fleet's build host, as its worker starts: the staging (and orphaned Packer/QEMU) of runs
+    it built that are not building here now (dispatched to another host after this one died,
+    or ended). Only this data home's staging, and only processes this host started."""
+    from orchestrator.pipeline.staging import TEMP_POINTER
+
+    said = []
+    staging = config.home / "staging"
+    for root in sorted(staging.iterdir()) if staging.is_dir() else []:
+        run = state.run(root.name)
+        if run is not None and state.is_local(run) and run["run_state"] in ("Running", "Canceling"):
+            continue
+        killed = kill_run_processes(root.name, host=state.host)
+        pointer = root / TEMP_POINTER
+        if pointer.is_file():
+            shutil.rmtree(pointer.read_text().strip(), ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        where = f"now on host {run['host']}" if run and run.get("host") else (run or {}).get("run_state", "unknown")
+        said.append(f"run {root.name} ({where}): its staging here removed"
+                    + (f", {killed} orphaned process(es) stopped" if killed else ""))
+    return said
 
 
 def _stop_proof_vm(config: Config, run: dict[str, Any]) -> list[str]:

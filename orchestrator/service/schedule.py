@@ -83,7 +83,7 @@ def install(config: Config, templates: tuple[str, ...], all_templates: bool, at:
     calendar = units.on_calendar(at, on_calendar)
     if on_calendar is not None:
         verify_calendar(calendar)
-    state = StateStore(config.ensure().db_path)
+    state = StateStore.for_config(config.ensure())
     names = tuple(stored_templates.get(state, n).name for n in templates)  # each must be stored
     config_file = str(config.config_file.resolve()) if config.config_file else None
     home = str(config.home.absolute())

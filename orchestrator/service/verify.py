@@ -55,7 +55,7 @@ def verify_artifact(config: Config, artifact: str, statement: str | None = None,
         raise SigningKeyProblem(f"this host has no provenance key ({config.home / 'keys'}): nothing it built is signed",
                                 hint="pass the building host's public key with --key FILE (`orchestrate keys show` "
                                      "there prints it)")
-    state = StateStore.existing(config.db_path)
+    state = StateStore.for_config(config, read_only=True)
     hashes: dict[str, str] = {}
 
     def digest(path: str) -> str:
