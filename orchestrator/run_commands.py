@@ -271,6 +271,8 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
         emit({"ok": True, "runId": result.run_id, "runState": "Canceling", "message": result.message})
     elif result.again:
         print(f"{result.message}; nothing more to do", file=sys.stderr)
+    elif result.message != "cancel requested":  # a fleet's: what became of it
+        print(f"{result.run_id}: {result.message}")
     else:
         print(f"cancel requested for {result.run_id} (Canceling)")
     return 0

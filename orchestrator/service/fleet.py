@@ -47,13 +47,17 @@ def submit(config: Config, state: Any, template: m.ImageTemplate, name: str, tem
     return Submitted(run_id, _send(config, state, run_id, needs), True)
 
 
-def _send(config: Config, state: Any, run_id: str, needs: Needs) -> str:
+BROKER_AWAY = "the broker could not be reached; a worker sends it when it is back"
+
+
+def _send(config: Config, state: Any, run_id: str, needs: Needs, reason: str | None = None) -> str:
     from orchestrator.effects.broker import publish
 
     try:
         publish(config, run_id, needs.label)
     except EnvironmentProblem as exc:
-        fleet_state.set_message(state, run_id, "queued: the broker could not be reached; a worker sends it when it is back")
+        reason = reason if reason and BROKER_AWAY not in reason else "queued"
+        fleet_state.set_message(state, run_id, f"{reason}; {BROKER_AWAY}")
         exc.hint = (f"run {run_id} is recorded Queued; " + (exc.hint or "")).strip()
         raise
     message = f"queued: sent to the {needs.label} queue"
@@ -78,7 +82,7 @@ def dispatch_round(config: Config, state: Any, me: Host, say: Callable[[str], No
         needs = Needs.of(json.loads(run["needs"]))
         if me.can_take(needs):
             try:
-                _send(config, state, run["id"], needs)
+                _send(config, state, run["id"], needs, run["message"])
             except EnvironmentProblem:
                 return  # the broker is down: the next round tries again
             say(f"run {run['id']} ({run['template_name']}): sent to the {needs.label} queue")
