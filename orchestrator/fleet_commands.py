@@ -161,13 +161,17 @@ def cmd_fleet_build(args: argparse.Namespace, config: Config) -> int:
                                  f"(sha256 {run['template_sha256'][:12]}, now {stored.sha256[:12]})",
                                  hint=f"`orchestrate run {stored.name}` builds what is stored now")
             template, text = stored.load(config), stored.body
+        from orchestrator.effects.log_shipping import LogShipper
+
         sink, close = open_view("plain")
         try:
-            result = Engine(config).build(
-                template, run["template_name"], text, run["template_path"], Reporter(sink),
-                force=bool(options.get("force")), template_sha256=run["template_sha256"],
-                proof=options.get("proof"), resume=options.get("resume"),
-                checkpoints=options.get("checkpoints", True), run_id=run["id"])
+            shipper = LogShipper(state, run["id"], config.runs_dir / run["id"] / "customization.log")
+            with shipper:
+                result = Engine(config).build(
+                    template, run["template_name"], text, run["template_path"], Reporter(sink),
+                    force=bool(options.get("force")), template_sha256=run["template_sha256"],
+                    proof=options.get("proof"), resume=options.get("resume"),
+                    checkpoints=options.get("checkpoints", True), run_id=run["id"])
         finally:
             close()
     except OrchestratorError as exc:  # refused before the engine recorded an end: the run ends with it

@@ -285,6 +285,8 @@ def cmd_logs(args: argparse.Namespace, config: Config) -> int:
     if not path:
         raise UsageError(f"run {run['id']} kept no {'console' if args.console else 'log'}",
                          hint="the build VM's console is kept for runs that booted one")
+    if not args.console and not state.is_local(run) and not Path(path).exists():
+        return _shipped(config, state, run["id"], args.follow)  # built on another host of the fleet
     if args.follow:
         return _follow(config, state, run["id"], Path(path))
     try:
@@ -298,6 +300,25 @@ def cmd_logs(args: argparse.Namespace, config: Config) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {path} of run {run['id']}: {exc.strerror}") from None
     return 0
+
+
+def _shipped(config: Config, state, run_id: str, follow: bool) -> int:
+    """A fleet run's log as its host ships it into the database; with `follow`, until the run
+    has ended and its host has shipped the rest (or, killed, could not: a few seconds' grace)."""
+    from orchestrator.effects.log_shipping import SHIP_SECONDS, shipped
+
+    seen, complete, ended_at = 0, False, None
+    while True:
+        ended = state.run(run_id)["run_state"] not in ACTIVE  # read before the chunks: none is missed
+        for seen, text in shipped(state, run_id, seen):
+            complete = complete or text == ""
+            sys.stdout.write(text)
+        sys.stdout.flush()
+        if ended and ended_at is None:
+            ended_at = time.monotonic()
+        if not follow or complete or (ended_at is not None and time.monotonic() - ended_at > 10 * SHIP_SECONDS):
+            return 0
+        time.sleep(FOLLOW_POLL_SECONDS)  # the build's host ships its log every half second
 
 
 def _follow(config: Config, state, run_id: str, path: Path) -> int:

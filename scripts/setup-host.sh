@@ -20,15 +20,9 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 packages=(packer qemu-system-x86 qemu-utils xorriso debootstrap fdisk extlinux syslinux-common
           e2fsprogs dosfstools python3 python3-venv ca-certificates zstd
           libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc python3-dev)
-missing=()
-for pkg in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/apt-missing.sh
+. "$here/scripts/apt-missing.sh"
+apt_install_missing "${packages[@]}"
 
 venv="$here/.venv"
 if [ ! -x "$venv/bin/python" ]; then

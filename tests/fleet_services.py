@@ -134,6 +134,7 @@ def start_rabbitmq(base: Path, consumer_timeout_ms: int | None = None) -> Rabbit
     if consumer_timeout_ms is not None:
         conf.append(f"consumer_timeout = {consumer_timeout_ms}")
     (base / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
+    os.chown(base / "rabbitmq.conf", account.pw_uid, account.pw_gid)  # readable under any umask (CI's is 077)
     node = f"orch{port}@localhost"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LANG": "C.UTF-8",
            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
@@ -149,8 +150,14 @@ def start_rabbitmq(base: Path, consumer_timeout_ms: int | None = None) -> Rabbit
     user, password = "orchestrator", secrets.token_hex(12)
     broker = RabbitMQ(base, node, port, user, password, process, env)
     # `wait` returns once the node has written its pid file and finished booting
-    _as("rabbitmq", [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", node, "wait", str(base / "pid"), "--timeout", "120"],
-        env=env)
+    try:
+        _as("rabbitmq", [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", node, "wait", str(base / "pid"), "--timeout", "120"],
+            env=env)
+    except subprocess.CalledProcessError as exc:
+        process.kill()
+        said = (base / "server.out").read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"RabbitMQ node {node} did not start (rabbitmqctl wait: exit {exc.returncode}); "
+                           f"the end of {base / 'server.out'}:\n" + "\n".join(said)) from None
     broker.ctl("add_vhost", "builds")
     broker.ctl("add_user", user, password)
     broker.ctl("set_permissions", "-p", "builds", user, ".*", ".*", ".*")

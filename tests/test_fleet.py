@@ -215,3 +215,23 @@ def test_a_queued_run_is_canceled_at_once(fleet_state_store, capsys):
     run = state.run(run_id)
     assert run["run_state"] == "Canceled" and "before a build host took it" in run["message"]
     assert fleet_state.claim(state, run_id, "b", 1, None)[0] == "ended"  # a late message builds nothing
+
+
+def test_logs_of_a_run_on_another_host_come_from_the_database(fleet_state_store, tmp_path, capsys):
+    from orchestrator.effects.log_shipping import LogShipper
+
+    config, state = fleet_state_store
+    fleet_state.register_host(state, "elsewhere", ("linux",), 2, 4096, 1)
+    with pytest.raises(EnvironmentProblem):
+        _queued(config, state)
+    [run] = fleet_state.unpublished(state)
+    assert fleet_state.claim(state, run["id"], "elsewhere", 1, None)[0] == "claimed"
+    state.update_run(run["id"], log_path="/nonexistent/on/this/host/customization.log")
+    written = tmp_path / "customization.log"  # the file on the building host
+    written.write_text("2026-12-03T00:00:00.000Z [orchestrator] first line\n")
+    with LogShipper(state, run["id"], written):
+        with open(written, "a") as log:
+            log.write("2026-12-03T00:00:01.000Z [packer] second line\n")
+        state.update_run(run["id"], run_state="Succeeded")
+    assert main(["--home", str(config.home), "logs", "-f", run["id"]]) == 0
+    assert capsys.readouterr().out == written.read_text()

@@ -148,6 +148,10 @@ def test_three_runs_on_two_workers_each_built_once(fleet):
         vhd = Path(output["properties"]["artifactUri"].removeprefix("file://"))
         assert vhd.is_file() and vhd.is_relative_to(homes[run["host"]].home)
         assert output["properties"]["sha256"]
+        # its log, shipped into the database as it grew, is the file its host wrote
+        from orchestrator.effects.log_shipping import shipped
+        chunks = [text for _, text in shipped(state, run_id)]
+        assert chunks[-1] == "" and "".join(chunks) == Path(run["log_path"]).read_text()
     logs = workers["w1"].text + workers["w2"].text
     # each build outlasted the broker's consumer_timeout: no message was held that long (the run
     # is the database's once a worker records itself), so no channel was closed, no worker stopped

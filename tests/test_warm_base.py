@@ -26,9 +26,13 @@ STEPS = [{"type": "Shell", "name": n, "inline": [f"echo {n}"]} for n in ("one", 
 def _prepare(config, state, plan, tmp_path: Path, tag: str):
     run_id = run_of(state, plan.name, alive=True)
     log = RunLog(tmp_path / f"{tag}.log")
-    run = prepare(config, state, plan, fingerprint_parts(plan, {}), run_id, Staging.create(config, run_id), log,
-                  use_stored=True, accelerator="tcg")
-    log.close()
+    staging = Staging.create(config, run_id)  # its Packer temporaries may be in /tmp (tmp_path is long)
+    try:
+        run = prepare(config, state, plan, fingerprint_parts(plan, {}), run_id, staging, log,
+                      use_stored=True, accelerator="tcg")
+    finally:
+        staging.remove()
+        log.close()
     return run, run_id, (tmp_path / f"{tag}.log").read_text()
 
 

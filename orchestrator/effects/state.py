@@ -297,6 +297,7 @@ class StateStore:
                 return "active", active
             ids = [r["id"] for r in runs]
             db.executemany("DELETE FROM run_outputs WHERE run_id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM run_log WHERE run_id = ?", [(i,) for i in ids])
             db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
             db.execute("DELETE FROM templates WHERE name = ?", (row["name"],))
             db.execute("DELETE FROM template_resources WHERE name = ?", (row["name"],))  # its REST resource
