@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from orchestrator.core.redact import scrub as without_password
+from orchestrator.config_fleet import FleetConfig, read_fleet
 from orchestrator.errors import EnvironmentProblem, UsageError
 
 HOME_ENV = "ORCHESTRATOR_HOME"
@@ -158,23 +156,6 @@ class Config:
         return self
 
 
-@dataclass(frozen=True)
-class FleetConfig:
-    """[fleet]: broker = "amqp://USER:PASSWORD@HOST[:PORT]/VHOST", database =
-    "postgresql://USER:PASSWORD@HOST[:PORT]/NAME", host (default: this machine's name),
-    labels (what this host builds: linux, windows, kvm...; default ["linux"]). Capacity stays in
-    [capacity]. The passwords are in these URLs: `redacted` shows them without."""
-
-    broker_url: str
-    database_url: str
-    host: str
-    labels: tuple[str, ...] = ("linux",)
-
-    def redacted(self) -> dict[str, Any]:
-        return {"broker": without_password(self.broker_url), "database": without_password(self.database_url),
-                "host": self.host, "labels": list(self.labels)}
-
-
 def make_private_dir(path: Path, hint: str = "check the path and its permissions") -> None:
     """mkdir -p with mode 0700 for every directory it creates."""
     try:
@@ -227,7 +208,7 @@ _SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "checkpoints": {"enabled": ("checkpoints_enabled", "bool"), "max_gib": ("checkpoints_max_bytes", "gib"),
                     "warm": ("checkpoints_warm", "bool")},
     "mirrors": {},  # any URL prefix: read by _mirrors
-    "fleet": {"broker": ("", ""), "database": ("", ""), "host": ("", ""), "labels": ("", "")},  # read by _fleet
+    "fleet": {},  # read by config_fleet.read_fleet
 }
 
 
@@ -256,51 +237,6 @@ def _mirrors(file: Path, values: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(found, key=lambda pair: -len(pair[0])))  # the longest prefix wins
 
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-
-
-def _fleet(file: Path, values: dict[str, Any]) -> FleetConfig:
-    unknown = set(values) - set(_SETTINGS["fleet"])
-    if unknown:
-        raise UsageError(f"{file}: unknown setting {sorted(unknown)[0]!r} in [fleet]",
-                         hint="[fleet] takes broker, database, host, labels")
-    urls = {}
-    for key, schemes, example in (("broker", ("amqp", "amqps"), "amqp://orchestrator:PASSWORD@control:5672/builds"),
-                                  ("database", ("postgresql", "postgres"),
-                                   "postgresql://orchestrator:PASSWORD@control:5432/orchestrator")):
-        value = values.get(key)
-        if not isinstance(value, str) or not value:
-            raise UsageError(f"{file}: [fleet] needs {key} = \"{example}\"",
-                             hint="without [fleet] this host builds alone (SQLite and its own queue)")
-        shown = without_password(value)
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            raise UsageError(f"{file}: fleet.{key} = {shown!r} is not a URL", hint=f"e.g. {example}") from None
-        if parts.scheme not in schemes or not parts.hostname:
-            raise UsageError(f"{file}: fleet.{key} = {shown!r} is not a {' or '.join(schemes)}:// URL with a host",
-                             hint=f"e.g. {example}")
-        if not parts.username or not parts.password:
-            raise UsageError(f"{file}: fleet.{key} = {shown!r} has no user and password",
-                             hint=f"the fleet's {key} needs credentials of its own (e.g. {example})")
-        if parts.username == "guest" or parts.password == "guest":
-            raise UsageError(f"{file}: fleet.{key} = {shown!r} uses the guest account",
-                             hint="make a user of the fleet's own (rabbitmqctl add_user; CREATE ROLE ... PASSWORD)")
-        urls[key] = value
-    host = values.get("host", socket.gethostname().split(".")[0])
-    if not isinstance(host, str) or not _HOST_RE.match(host):
-        raise UsageError(f"{file}: fleet.host = {host!r} is not a host name (letters, digits, '.', '-', '_')")
-    labels = values.get("labels", ["linux"])
-    if (not isinstance(labels, list) or not labels
-            or not all(isinstance(label, str) and _LABEL_RE.match(label) for label in labels)):
-        raise UsageError(f"{file}: fleet.labels = {labels!r} is not a list of labels",
-                         hint='e.g. labels = ["linux", "kvm"] (lower-case letters, digits, "-", "_")')
-    if file.exists() and file.stat().st_mode & 0o077:
-        raise UsageError(f"{file} holds the fleet's passwords and others may read it",
-                         hint=f"chmod 600 {file}")
-    return FleetConfig(urls["broker"], urls["database"], host, tuple(dict.fromkeys(labels)))
 
 
 def _read_settings(file: Path, *, required: bool) -> dict[str, Any] | None:
@@ -328,7 +264,7 @@ def _read_settings(file: Path, *, required: bool) -> dict[str, Any] | None:
             settings["mirrors"] = _mirrors(file, values)
             continue
         if section == "fleet":
-            settings["fleet"] = _fleet(file, values)
+            settings["fleet"] = read_fleet(file, values)
             continue
         if section == "pools":
             settings["pool_default"] = None  # a [pools] section says which regions have a pool

@@ -43,6 +43,7 @@ from orchestrator.pipeline.distribute_phase import distribute_all, stopped
 from orchestrator.pipeline.fetch import fetch_all
 from orchestrator.pipeline.reuse import adopt_outputs, reusable_run
 from orchestrator.pipeline.sizing import fit_to_host
+from orchestrator.pipeline.source_fetch import ensure_source
 from orchestrator.pipeline.sources import resolve as resolve_source
 from orchestrator.pipeline.staging import Staging
 from orchestrator.pipeline.store_phase import prepare as prepare_store
@@ -177,6 +178,7 @@ class Engine:
         run.staging = Staging.create(self.config, run.id)
         self.state.update_run(run.id, staging_dir=str(run.staging.root), temp_dir=str(run.staging.temp))
         self._phase(run, "Building", "fetching customizer files", "fetching files")
+        ensure_source(plan, self.config, self.state, log, stop)  # a fleet host's missing base image
         fetched = fetch_all(plan, self.cache, self.config, policy, log, stop, deadline)
         parts = fingerprint_parts(plan, dict(fetched.digests))
         digest = digest_of(parts)

@@ -112,7 +112,8 @@ def cmd_fleet_status(args: argparse.Namespace, config: Config) -> int:
         cap = host["capacity"]
         print(f"{host['name']}  {'alive' if host['alive'] else 'GONE '}  labels {','.join(host['labels'])}  "
               f"{use['cpus']}/{cap['cpus']} vCPU  {use['memoryMiB']}/{cap['memoryMiB']} MiB  "
-              f"heartbeat {host['lastHeartbeat'] or 'never'}")
+              f"heartbeat {host['lastHeartbeat'] or 'never'}"
+              + (f"  serves images at {host['servesImages']}" if host["servesImages"] else ""))
         for run in host["runs"]:
             print(f"    {run['id']}  {run['templateName']}  {run['runState']}/{run['runSubState']}")
     for queue in data["queues"]:

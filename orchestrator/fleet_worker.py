@@ -7,6 +7,7 @@ dispatches what waits and takes back the runs of hosts that stopped answering.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from orchestrator.config import Config
 from orchestrator.core.fleet import HEARTBEAT_SECONDS, Host, Needs, queue_name
@@ -24,7 +25,7 @@ from orchestrator.effects import fleet_state
 from orchestrator.effects.broker import BUILD_TASK, CANCEL_COMMAND, celery_app, worker_name
 from orchestrator.effects.proc import process_start_time
 from orchestrator.effects.state import StateStore
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import EnvironmentProblem, OrchestratorError
 from orchestrator.service import fleet
 from orchestrator.service.queue import capacity
 from orchestrator.service.recovery import recover
@@ -61,8 +62,32 @@ class Worker:
     # --- the worker's life ----------------------------------------------------------------------
     def run(self) -> int:
         self._recover()
-        fleet_state.register_host(self.state, self.me.name, self.me.labels, self.me.cpus, self.me.memory_mib,
-                                  os.getpid())
+        with self._image_server() as images_url:
+            fleet_state.register_host(self.state, self.me.name, self.me.labels, self.me.cpus, self.me.memory_mib,
+                                      os.getpid(), images_url)
+            if images_url:
+                self.say(f"serving this host's base images to the fleet at {images_url}")
+            return self._take_runs()
+
+    @contextlib.contextmanager
+    def _image_server(self) -> Iterator[str | None]:
+        """[fleet] serve_images: this host's images/ for the hosts that lack a run's base image."""
+        assert self.config.fleet is not None
+        if self.config.fleet.serve_images is None:
+            yield None
+            return
+        from orchestrator.effects.image_transfer import ImageServer
+
+        try:
+            server = ImageServer(self.config.images_dir, self.config.fleet.serve_images)
+        except OSError as exc:
+            address = ":".join(map(str, self.config.fleet.serve_images))
+            raise EnvironmentProblem(f"cannot serve images on {address}: {exc.strerror}",
+                                     hint="choose a free port in [fleet] serve_images") from None
+        with server:
+            yield self.config.fleet.advertised_images_url(server.port)
+
+    def _take_runs(self) -> int:
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         app = celery_app(self.config)

@@ -78,11 +78,13 @@ def fleet_config(home: Path, database_url: str, host: str = "test-host", **field
 
     broker = fields.pop("broker_url", "amqp://orchestrator:not-used@127.0.0.1:9/none")
     labels = tuple(fields.pop("labels", ("linux",)))
-    fleet = FleetConfig(broker, database_url, host, labels)
+    serve = fields.pop("serve_images", None)  # "127.0.0.1:0": this host serves its base images
+    fleet = FleetConfig(broker, database_url, host, labels,
+                        (serve.rsplit(":", 1)[0], int(serve.rsplit(":", 1)[1])) if serve else None)
     home.mkdir(parents=True, exist_ok=True)
     file = home / "config.toml"  # the CLI (`--home`) reads the same
     file.write_text(f'[fleet]\nbroker = "{broker}"\ndatabase = "{database_url}"\nhost = "{host}"\n'
-                    f'labels = {list(labels)!r}\n'.replace("'", '"'))
+                    f'labels = {list(labels)!r}\n'.replace("'", '"') + (f'serve_images = "{serve}"\n' if serve else ""))
     file.chmod(0o600)
     return Config(home=home, accelerator=os.environ.get("ORCHESTRATOR_ACCELERATOR", "auto"), fleet=fleet,
                   config_file=file, **fields).ensure()

@@ -47,6 +47,18 @@ def test_a_fleet_section_is_read_and_its_passwords_never_shown(tmp_path):
     assert "b-pw-123" not in shown and "d-pw-456" not in shown and "orchestrator:***@control" in shown
 
 
+def test_a_host_that_serves_images_says_where_the_others_reach_it(tmp_path):
+    _write(tmp_path, _fleet_toml(host="build-7", serve_images="0.0.0.0:0"))
+    fleet_settings = load_config(str(tmp_path)).fleet
+    assert fleet_settings.serve_images == ("0.0.0.0", 0)
+    assert fleet_settings.advertised_images_url(8471) == "http://build-7:8471"  # all addresses: by its name
+    _write(tmp_path, _fleet_toml(serve_images="[::1]:8470", images_url="https://build-7.example/img/"))
+    fleet_settings = load_config(str(tmp_path)).fleet
+    assert fleet_settings.serve_images == ("::1", 8470)
+    assert fleet_settings.advertised_images_url(8470) == "https://build-7.example/img"
+    assert load_config(str(tmp_path)).fleet.redacted()["serveImages"] == "::1:8470"
+
+
 def test_no_fleet_section_is_one_host():
     from orchestrator.config import Config
 
@@ -64,6 +76,10 @@ def test_no_fleet_section_is_one_host():
     ({"host": "a b"}, "is not a host name"),
     ({"queue": "x"}, "unknown setting 'queue' in [fleet]"),
     ({"broker": "amqp://u:p@control:port/"}, "is not a URL"),
+    ({"serve_images": "8470"}, "fleet.serve_images = '8470' is not ADDRESS:PORT"),
+    ({"serve_images": "0.0.0.0:99999"}, "is not ADDRESS:PORT"),
+    ({"images_url": "http://build-7:8470"}, "fleet.images_url without fleet.serve_images"),
+    ({"serve_images": "0.0.0.0:8470", "images_url": "http://u:p@build-7:8470"}, "is not an http(s) URL without"),
 ])
 def test_bad_fleet_settings_are_refused_with_the_setting_named(tmp_path, values, expected, capsys):
     _write(tmp_path, _fleet_toml(**values))

@@ -72,21 +72,31 @@ def fleet(broker, postgresql, base_image, tmp_path_factory):
     homes = {}
     for name in ("w1", "w2", "client"):
         homes[name] = fleet_config(root / name, database, host=name, broker_url=broker.url(),
-                                   **(capacity if name != "client" else {}))
+                                   **(capacity if name != "client" else {}),
+                                   **({"serve_images": "127.0.0.1:0"} if name == "w1" else {}))
         if name != "client":  # [capacity] for the worker, as its own configuration says
             with open(homes[name].config_file, "a") as file:
                 file.write("\n[capacity]\ncpus = 2\nmemory_mib = 4096\n")
     from orchestrator.effects.catalog import Catalog
 
+    # the base image is w1's alone: w2 fetches it from w1's image server by its sha256
     Catalog(StateStore.for_config(homes["w1"]), homes["w1"].images_dir).import_image(base_image, *BASE, "2026.1.0")
     workers = {name: WorkerProcess(homes[name], root / f"{name}.log") for name in ("w1", "w2")}
     state = StateStore.for_config(homes["client"])
     try:
-        wait_for("both workers' heartbeats", lambda: _alive(state) >= {"w1", "w2"})
+        wait_for("both workers' heartbeats", lambda: _running(workers) and _alive(state) >= {"w1", "w2"})
         yield homes, workers, state, root
     finally:
         for worker in workers.values():
             worker.stop()
+
+
+def _running(workers) -> bool:
+    """Fails at once, with its log, when a worker has ended instead of waiting for its heartbeat."""
+    for name, worker in workers.items():
+        if worker.proc.poll() is not None:
+            pytest.fail(f"worker {name} ended (exit {worker.proc.returncode}):\n{worker.text[-3000:]}", pytrace=False)
+    return True
 
 
 def _alive(state) -> set[str]:
@@ -152,6 +162,12 @@ def test_three_runs_on_two_workers_each_built_once(fleet):
         from orchestrator.effects.log_shipping import shipped
         chunks = [text for _, text in shipped(state, run_id)]
         assert chunks[-1] == "" and "".join(chunks) == Path(run["log_path"]).read_text()
+    # w2 had no base image: its first build fetched it from w1 and verified it, and kept it
+    [digest] = {json.loads(state.run(i)["fingerprint"])["source"]["sha256"] for i in ids}
+    fetched = [i for i in ids if "fetched from host w1 and verified"
+               in Path(state.run(i)["log_path"]).read_text()]
+    assert [state.run(i)["host"] for i in fetched] == ["w2"]
+    assert list(homes["w2"].images_dir.glob("*.qcow2")) == [homes["w2"].images_dir / f"{digest}.qcow2"]
     logs = workers["w1"].text + workers["w2"].text
     # each build outlasted the broker's consumer_timeout: no message was held that long (the run
     # is the database's once a worker records itself), so no channel was closed, no worker stopped

@@ -41,6 +41,7 @@ class Host:
     cpus: int
     memory_mib: int
     heartbeat_at: float
+    images_url: str | None = None  # where it serves its base images by sha256 (None: it does not)
 
     def alive(self, now: float) -> bool:
         return now - self.heartbeat_at <= STALE_SECONDS

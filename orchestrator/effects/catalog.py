@@ -1,6 +1,7 @@
 """The local catalog of base images: PlatformImage publisher/offer/sku/version -> qcow2 file."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from orchestrator.core.model import PlatformImageSource
 from orchestrator.core.plan import ResolvedSource
 from orchestrator.effects import qemu_img
 from orchestrator.effects.files import link_or_copy, sha256_file
+from orchestrator.effects.image_transfer import image_file
 from orchestrator.effects.state import ImageRecord, StateStore
 from orchestrator.errors import SourceNotFound, UsageError
 
@@ -22,9 +24,14 @@ def version_key(version: str) -> tuple:
 
 
 class Catalog:
-    def __init__(self, state: StateStore, images_dir: Path) -> None:
+    """`shared`: the catalog is a fleet's (in its database), its images on the host that imported
+    them: a record names its image by digest, and this host's copy is images/<sha256>.qcow2,
+    fetched from another host when the build needs it (pipeline/source_fetch.py)."""
+
+    def __init__(self, state: StateStore, images_dir: Path, shared: bool = False) -> None:
         self.state = state
         self.images_dir = images_dir
+        self.shared = shared
 
     def import_image(self, path: Path, publisher: str, offer: str, sku: str, version: str,
                      replace: bool = False) -> ImageRecord:
@@ -46,7 +53,7 @@ class Catalog:
                              hint="pass --replace to import it again")
         facts = qemu_img.importable(path)
         digest = sha256_file(path)
-        dest = self.images_dir / f"{digest}.qcow2"
+        dest = image_file(self.images_dir, digest)
         if not dest.exists():
             if facts.format == "qcow2" and not facts.backing_file:
                 link_or_copy(path, dest)
@@ -69,7 +76,9 @@ class Catalog:
                 hint="import it with `orchestrate image import FILE --publisher P --offer O --sku S --version V`, "
                      "or run scripts/build-base-image.sh for Debian 12")
         record = max(candidates, key=lambda r: version_key(r.version))
-        if not Path(record.path).is_file():
+        if self.shared:  # this host's copy, by digest: the build fetches it when it is not here yet
+            record = dataclasses.replace(record, path=str(image_file(self.images_dir, record.sha256)))
+        elif not Path(record.path).is_file():
             raise SourceNotFound(f"the image file of {name}:{record.version} is missing: {record.path}",
                                  hint="import it again with `orchestrate image import --replace`")
         return ResolvedSource(

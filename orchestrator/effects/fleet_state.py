@@ -11,11 +11,13 @@ from orchestrator.core.fleet import STALE_SECONDS, Host, Needs, after_host_gone
 from orchestrator.effects.state import new_run_id
 
 
-def register_host(state: Any, name: str, labels: tuple[str, ...], cpus: int, memory_mib: int, pid: int) -> None:
+def register_host(state: Any, name: str, labels: tuple[str, ...], cpus: int, memory_mib: int, pid: int,
+                  images_url: str | None = None) -> None:
     now = time.time()
     with state.immediate() as db:
         db.replace("fleet_hosts", {"name": name, "labels": json.dumps(list(labels)), "cpus": cpus,
-                                   "memory_mib": memory_mib, "pid": pid, "started_at": now, "heartbeat_at": now},
+                                   "memory_mib": memory_mib, "pid": pid, "started_at": now, "heartbeat_at": now,
+                                   "images_url": images_url},
                    key=("name",))
 
 
@@ -33,8 +35,8 @@ def leave(state: Any, name: str) -> None:
 def hosts(state: Any) -> list[Host]:
     with state.transaction() as db:
         rows = db.execute("SELECT * FROM fleet_hosts ORDER BY name").fetchall()
-    return [Host(r["name"], tuple(json.loads(r["labels"])), r["cpus"], r["memory_mib"], r["heartbeat_at"])
-            for r in rows]
+    return [Host(r["name"], tuple(json.loads(r["labels"])), r["cpus"], r["memory_mib"], r["heartbeat_at"],
+                 r["images_url"]) for r in rows]
 
 
 def queue_run(state: Any, template_name: str, template_path: str | None, needs: Needs, request: dict[str, Any],

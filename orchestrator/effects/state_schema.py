@@ -228,7 +228,8 @@ _V8_COLUMNS = (("store_objects", "os_type", "TEXT"),)
 # Version 9: a fleet of build hosts sharing one database. Each host's row says what it builds
 # and that it is alive (its heartbeat); a run records the host that builds it, what it needs of
 # one (labels, vCPUs, memory), how often it was dispatched, and, for a one-shot `build`, the
-# template it builds (a stored template's body is in `templates`). A fleet run's log is also
+# template it builds (a stored template's body is in `templates`); a host that serves its base
+# images to the others says where (`images_url`). A fleet run's log is also
 # shipped into `run_log`, in chunks, so that `logs -f` works from any host.
 _V9 = """
 CREATE TABLE IF NOT EXISTS fleet_hosts (
@@ -238,7 +239,8 @@ CREATE TABLE IF NOT EXISTS fleet_hosts (
     memory_mib INTEGER NOT NULL,
     pid INTEGER,
     started_at REAL NOT NULL,
-    heartbeat_at REAL NOT NULL
+    heartbeat_at REAL NOT NULL,
+    images_url TEXT
 );
 CREATE TABLE IF NOT EXISTS run_log (
     run_id TEXT NOT NULL,

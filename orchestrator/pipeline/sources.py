@@ -31,7 +31,7 @@ class SourceResolver(Protocol):
 
 class PlatformImageResolver:
     def __init__(self, config: Config, state: StateStore) -> None:
-        self.catalog = Catalog(state, config.images_dir)
+        self.catalog = Catalog(state, config.images_dir, shared=config.fleet is not None)
 
     def resolve(self, source: m.Source) -> ResolvedSource:
         assert isinstance(source, m.PlatformImageSource)

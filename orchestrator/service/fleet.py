@@ -130,7 +130,7 @@ def status(config: Config, state: Any, broker_depths: dict[str, int | None] | No
             "name": host.name, "labels": list(host.labels), "alive": host.alive(now),
             "lastHeartbeat": _stamp(host.heartbeat_at) if host.heartbeat_at else None,
             "heartbeatAgeSeconds": round(now - host.heartbeat_at, 1) if host.heartbeat_at else None,
-            "capacity": {"cpus": host.cpus, "memoryMiB": host.memory_mib},
+            "capacity": {"cpus": host.cpus, "memoryMiB": host.memory_mib}, "servesImages": host.images_url,
             "inUse": {"cpus": sum(r.get("cpus") or 0 for r in runs if r.get("admitted_at")),
                       "memoryMiB": sum(r.get("memory_mib") or 0 for r in runs if r.get("admitted_at"))},
             "runs": [{"id": r["id"], "templateName": r["template_name"], "runState": r["run_state"],
