@@ -73,6 +73,19 @@ def test_no_host_that_serves_the_image_is_a_clear_error(tmp_path):
         fetch_image(SHA, tmp_path / "x.qcow2", [_host("quiet", None)], "me", threading.Event(), lambda line: None)
 
 
+def test_the_image_server_listens_on_ipv6_too(tmp_path):
+    here = tmp_path / "here"
+    here.mkdir()
+    try:
+        server = ImageServer(_holding(tmp_path, "w1"), ("::1", 0))
+    except OSError as exc:  # a host without IPv6 loopback
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with server:
+        host = Host("w1", ("linux",), 2, 4096, time.time(), f"http://[::1]:{server.port}")
+        assert fetch_image(SHA, image_file(here, SHA), [host], "w2", threading.Event(), lambda line: None) == "w1"
+    assert image_file(here, SHA).read_bytes() == DATA
+
+
 def test_a_canceled_build_stops_fetching_and_keeps_nothing(tmp_path):
     here = tmp_path / "here"
     here.mkdir()

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -37,7 +38,8 @@ class ImageServer:
 
     def __init__(self, images_dir: Path, address: tuple[str, int]) -> None:
         handler = type("Handler", (_Handler,), {"images_dir": images_dir})
-        self.server = ThreadingHTTPServer(address, handler)
+        server_class = _IPv6Server if ":" in address[0] else ThreadingHTTPServer
+        self.server = server_class(address, handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="image server", daemon=True)
@@ -49,6 +51,10 @@ class ImageServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
