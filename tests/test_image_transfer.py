@@ -136,6 +136,8 @@ def test_a_fleet_build_fetches_the_base_image_its_host_lacks(tmp_path, postgresq
         source = resolved
 
     log_path = tmp_path / "customization.log"
+    killed = w2.images_dir / f".{record.sha256}.qcow2.part-999999999"  # a fetch whose process is gone
+    killed.write_bytes(b"half")
     with ImageServer(w1.images_dir, ("127.0.0.1", 0)) as server:
         fleet_state.register_host(state, "w1", ("linux",), 2, 4096, 1, f"http://127.0.0.1:{server.port}")
         log = RunLog(log_path)
@@ -144,6 +146,7 @@ def test_a_fleet_build_fetches_the_base_image_its_host_lacks(tmp_path, postgresq
         log.close()
     assert hashlib.sha256(Path(resolved.path).read_bytes()).hexdigest() == record.sha256
     assert log_path.read_text().count("fetched from host w1 and verified") == 1
+    assert not killed.exists() and f"removed {killed.name}" in log_path.read_text()
 
 
 def _qcow2(path: Path) -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.core.fleet import Host
+from orchestrator.effects.files import CHUNK, temp_name
 from orchestrator.errors import Canceled, SourceNotFound
 
-CHUNK = 1024 * 1024
 CONNECT_SECONDS = 30.0
 _PATH_RE = re.compile(r"^/images/([0-9a-f]{64})$")
 
@@ -126,7 +126,7 @@ class _Refused(Exception):
 
 
 def _download(url: str, sha256: str, dest: Path, cancel: threading.Event, starting: Callable[[int], None]) -> int:
-    partial = dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
+    partial = temp_name(dest)  # one fetch of an image at a time on a host (source_fetch's lock)
     try:
         try:
             response = urllib.request.urlopen(url, timeout=CONNECT_SECONDS)  # noqa: S310 - http(s) by configuration

@@ -11,6 +11,7 @@ from pathlib import Path
 from orchestrator.config import Config
 from orchestrator.core.plan import BuildPlan
 from orchestrator.effects import fleet_state
+from orchestrator.effects.files import remove_stale_parts
 from orchestrator.effects.image_transfer import fetch_image
 from orchestrator.effects.runlog import RunLog
 from orchestrator.errors import Canceled
@@ -34,6 +35,8 @@ def ensure_source(plan: BuildPlan, config: Config, state, log: RunLog, cancel: t
         if path.is_file():
             log.write("orchestrator", f"base image sha256:{plan.source.sha256[:12]} fetched by another run here")
             return
+        for part in remove_stale_parts(config.images_dir):
+            log.write("orchestrator", f"removed {part.name}, left by a fetch that was killed")
         fetch_image(plan.source.sha256, path, fleet_state.hosts(state), config.fleet.host, cancel,
                     lambda line: log.write("orchestrator", line))
     finally:
